@@ -1,0 +1,116 @@
+"""pdauto: CRM automations that call webhooks when people, companies and deals change."""
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from flask import Flask
+
+from . import config as config_module
+from .extensions import csrf, db, login_manager, mail, migrate
+
+try:
+    __version__ = version("pdauto")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+log = logging.getLogger(__name__)
+
+DEVELOPMENT_SECRET_KEY = "development-only-secret-key"
+
+
+def create_app(config=None):
+    """Build the web app; `config` overrides settings read from the environment."""
+    app = Flask(__name__, instance_relative_config=False)
+    load_config(app, config)
+    init_extensions(app)
+    register_blueprints(app)
+    mount_rq_dashboard(app)
+    register_error_handlers(app)
+    register_cli(app)
+    register_security_headers(app)
+    register_template_filters(app)
+    return app
+
+
+def load_config(app, overrides):
+    app.config.update(config_module.load_settings())
+    if overrides:
+        app.config.update(overrides)
+
+    if not app.config.get("SECRET_KEY"):
+        if app.config["ENV"] == "production":
+            raise RuntimeError("SECRET_KEY is not set; production needs a long random value")
+        app.config["SECRET_KEY"] = DEVELOPMENT_SECRET_KEY
+
+    database_uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    if database_uri.startswith("sqlite:///") and ":memory:" not in database_uri:
+        config_module.INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+    if database_uri.startswith("postgresql://"):
+        # psycopg 3 is the installed driver.
+        app.config["SQLALCHEMY_DATABASE_URI"] = database_uri.replace(
+            "postgresql://", "postgresql+psycopg://", 1
+        )
+    app.config["RQ_DASHBOARD_REDIS_URL"] = app.config["REDIS_URL"]
+    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+
+
+def init_extensions(app):
+    from pathlib import Path
+
+    from . import models  # noqa: F401  (registers the tables)
+    from .db_setup import configure_engine
+
+    db.init_app(app)
+    migrate.init_app(
+        app, db, directory=str(Path(__file__).parent / "migrations"), render_as_batch=True
+    )
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please log in to see that page."
+    login_manager.login_message_category = "info"
+    mail.init_app(app)
+    csrf.init_app(app)
+    configure_engine(app)
+
+
+def register_blueprints(app):
+    from .views import auth, automations, main, records
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(main.bp)
+    app.register_blueprint(records.bp)
+    app.register_blueprint(automations.bp)
+
+
+def mount_rq_dashboard(app):
+    from .dashboard import mount
+
+    mount(app)
+
+
+def register_error_handlers(app):
+    from .views.errors import register
+
+    register(app)
+
+
+def register_cli(app):
+    from .cli import register
+
+    register(app)
+
+
+def register_security_headers(app):
+    @app.after_request
+    def set_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+
+def register_template_filters(app):
+    from .webhooks import mask_url
+
+    app.add_template_filter(mask_url, "mask_url")

@@ -1,0 +1,71 @@
+"""Flask CLI commands: users, the worker and the sweep."""
+
+import logging
+
+import click
+from flask import current_app
+
+from .extensions import db
+from .models import ROLES, Account, User
+
+
+def register(app):
+    app.cli.add_command(create_user)
+    app.cli.add_command(worker)
+    app.cli.add_command(sweep)
+
+
+@click.command("create-user")
+@click.argument("email")
+@click.option("--password", required=True, help="The password to log in with.")
+@click.option("--account", "account_name", required=True, help="Account name; created if new.")
+@click.option("--role", type=click.Choice(ROLES), default="manager", show_default=True)
+def create_user(email, password, account_name, role):
+    """Create a user, and the account if it is new."""
+    email = email.strip().lower()
+    if db.session.scalar(db.select(User).where(User.email == email)):
+        raise click.ClickException(f"a user with the email {email} already exists")
+    if len(password) < 8:
+        raise click.ClickException("the password must have at least 8 characters")
+
+    account = db.session.scalar(db.select(Account).where(Account.name == account_name))
+    if account is None:
+        account = Account(name=account_name)
+        db.session.add(account)
+    user = User(account=account, email=email, role=role)
+    user.set_password(password)
+    db.session.add(user)
+    db.session.commit()
+    click.echo(f"created {role} {email} in account {account_name!r}")
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Stop once the queues are empty.")
+@click.option("--no-sweep", is_flag=True, help="Do not run the periodic sweep here.")
+@click.option("--name", default=None, help="Worker name shown on the RQ dashboard.")
+def worker(burst, no_sweep, name):
+    """Run an RQ worker with its scheduler, inside the app context."""
+    from .worker import SweepThread, make_worker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = current_app._get_current_object()
+    sweep_thread = None
+    if not no_sweep and not burst:
+        sweep_thread = SweepThread(app)
+        sweep_thread.start()
+    try:
+        make_worker(app, name=name).work(burst=burst, with_scheduler=True)
+    finally:
+        if sweep_thread is not None:
+            sweep_thread.stop()
+
+
+@click.command("sweep")
+def sweep():
+    """Queue events and deliveries that were missed, once."""
+    from .worker import run_sweep_once
+
+    counts = run_sweep_once(current_app._get_current_object())
+    click.echo("another sweep is running" if counts is None else f"queued {counts}")

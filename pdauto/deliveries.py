@@ -1,0 +1,353 @@
+"""Turning events into deliveries, sending them, and recording every attempt.
+
+A delivery moves pending -> sending -> succeeded, or back to pending with a
+later next_attempt_at, or to failed after the last attempt. The move to
+sending is a conditional UPDATE, so only one worker sends a given attempt, and
+the lease lets the sweep take back a delivery whose worker died.
+"""
+
+import logging
+import random
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import update
+
+from . import events, notify, queue
+from .extensions import db
+from .models import Attempt, Automation, Delivery, Event, FailureNotice, utcnow
+from .webhooks import WebhookRequest, mask_url
+
+log = logging.getLogger(__name__)
+
+# Attempt fields are capped to their column sizes.
+MAX_ERROR_LENGTH = 500
+
+
+def build_payload(automation, event):
+    """Return the body fields of a webhook for an event."""
+    payload = {
+        "trigger": automation.name,
+        "event_model": event.model,
+        "event_action": event.action,
+        "event_model_id": int(event.record_id),
+        "event_id": event.id,
+        "occurred_at": event.occurred_at.isoformat(timespec="seconds") + "Z",
+    }
+    if event.action == "updated" and event.changes:
+        payload["changes"] = event.changes
+    return payload
+
+
+def build_test_payload(name, event_model, event_action):
+    """Return the body of a Test Now request: the four fields and test: true."""
+    return {
+        "trigger": name,
+        "event_model": event_model,
+        "event_action": event_action,
+        "event_model_id": 0,
+        "occurred_at": utcnow().isoformat(timespec="seconds") + "Z",
+        "test": True,
+    }
+
+
+def build_request(action, webhook_id, payload):
+    return WebhookRequest(
+        url=action.url,
+        payload=payload,
+        webhook_id=webhook_id,
+        secrets=tuple(action.active_secrets()),
+        content_type=action.content_type,
+        custom_headers=tuple(sorted((action.custom_headers or {}).items())),
+    )
+
+
+def dispatch_event(event_id):
+    """Create the deliveries of an event once, and return the ids to send now.
+
+    Claiming the event with a conditional UPDATE makes a second dispatch (the
+    sweep racing a job) a no-op.
+    """
+    now = utcnow()
+    claimed = db.session.execute(
+        update(Event)
+        .where(Event.id == event_id, Event.dispatched_at.is_(None))
+        .values(dispatched_at=now)
+    ).rowcount
+    if not claimed:
+        db.session.rollback()
+        return []
+
+    event = db.session.get(Event, event_id)
+    deliveries = []
+    for automation in events.matching_automations(event):
+        for action in automation.actions:
+            if action.kind != "call_api":
+                continue
+            deliveries.append(
+                Delivery(
+                    account_id=event.account_id,
+                    event_id=event.id,
+                    action_id=action.id,
+                    automation_id=automation.id,
+                    next_attempt_at=now,
+                )
+            )
+    db.session.add_all(deliveries)
+    db.session.commit()
+
+    delivery_ids = [delivery.id for delivery in deliveries]
+    log.info("event %s dispatched to %d deliveries", event_id, len(delivery_ids))
+    return delivery_ids
+
+
+def claim(delivery_id, now):
+    """Move a due delivery to sending under a lease; return whether it was claimed."""
+    lease = timedelta(seconds=current_app.config["DELIVERY_LEASE_SECONDS"])
+    claimed = db.session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.state == "pending",
+            Delivery.next_attempt_at.is_not(None),
+            Delivery.next_attempt_at <= now + timedelta(seconds=1),
+        )
+        .values(state="sending", lease_expires_at=now + lease)
+    ).rowcount
+    db.session.commit()
+    return bool(claimed)
+
+
+def retry_delay(attempt_count, outcome):
+    """Return seconds until the next attempt, or None when attempts are used up."""
+    schedule = current_app.config["DELIVERY_RETRY_SCHEDULE_SECONDS"]
+    if attempt_count > len(schedule):
+        return None
+
+    # Jitter spreads retries of many deliveries to one receiver over time.
+    delay = schedule[attempt_count - 1] * random.uniform(0.8, 1.2)
+    if outcome.retry_after_seconds is not None:
+        delay = max(delay, outcome.retry_after_seconds)
+    return delay
+
+
+def attempt_delivery(delivery_id, sender):
+    """Send one attempt of a delivery and record it; return the new state or None.
+
+    Returns None when the delivery was not due or another worker holds it.
+    """
+    now = utcnow()
+    if not claim(delivery_id, now):
+        return None
+
+    delivery = db.session.get(Delivery, delivery_id)
+    automation = delivery.automation
+    if automation.deleted_at is not None or not automation.active:
+        return _hold_for_paused(delivery, automation)
+
+    request = build_request(
+        delivery.action, delivery.id, build_payload(automation, delivery.event)
+    )
+    outcome = sender.send(request)
+    attempt = _record_attempt(delivery, outcome, now)
+    state = _apply_outcome(delivery, attempt, outcome, now)
+    db.session.commit()
+
+    _after_commit(delivery, outcome)
+    return state
+
+
+def _hold_for_paused(delivery, automation):
+    if automation.deleted_at is not None:
+        delivery.state = "failed"
+        delivery.last_error = "the automation was deleted before this delivery was sent"
+        delivery.completed_at = utcnow()
+    else:
+        # Held until the automation is resumed, which queues it again.
+        delivery.state = "pending"
+        delivery.next_attempt_at = None
+    delivery.lease_expires_at = None
+    db.session.commit()
+    log.info("delivery %s held: automation %s is %s", delivery.id, automation.id, automation.state)
+    return delivery.state
+
+
+def _record_attempt(delivery, outcome, now):
+    delivery.attempt_count += 1
+    attempt = Attempt(
+        delivery_id=delivery.id,
+        number=delivery.attempt_count,
+        started_at=now,
+        duration_ms=outcome.duration_ms,
+        outcome=outcome.kind,
+        succeeded=outcome.succeeded,
+        request_url=outcome.request_url,
+        request_headers=outcome.request_headers,
+        request_body=outcome.request_body,
+        response_status=outcome.status,
+        response_headers=outcome.response_headers,
+        response_body=outcome.response_body,
+        error=outcome.error[:MAX_ERROR_LENGTH],
+    )
+    db.session.add(attempt)
+    db.session.flush()
+    return attempt
+
+
+def _apply_outcome(delivery, attempt, outcome, now):
+    delivery.last_status = outcome.status
+    delivery.last_error = outcome.error[:MAX_ERROR_LENGTH]
+    delivery.lease_expires_at = None
+    if outcome.succeeded:
+        delivery.state = "succeeded"
+        delivery.completed_at = now
+        log.info("delivery %s succeeded on attempt %d", delivery.id, attempt.number)
+        return delivery.state
+
+    automation = delivery.automation
+    action = delivery.action
+    if outcome.kind == "gone":
+        pause_automation(automation, f"the URL answered 410 Gone ({outcome.request_url})")
+
+    delay = retry_delay(delivery.attempt_count, outcome) if outcome.retryable else None
+    if delay is None:
+        delivery.state = "failed"
+        delivery.completed_at = now
+        delivery.next_attempt_at = None
+    else:
+        delivery.state = "pending"
+        delivery.next_attempt_at = now + timedelta(seconds=delay)
+
+    if action.failure_email:
+        notify.record_failure(
+            account_id=delivery.account_id,
+            automation_id=automation.id,
+            address=action.failure_email,
+            url_masked=mask_url(action.url),
+            error=outcome.error,
+            occurred_at=now,
+            delivery_id=delivery.id,
+            attempt_id=attempt.id,
+            kind="gone" if outcome.kind == "gone" else "failure",
+        )
+    log.warning(
+        "delivery %s attempt %d failed (%s): %s; now %s",
+        delivery.id,
+        attempt.number,
+        outcome.kind,
+        outcome.error,
+        delivery.state,
+    )
+    return delivery.state
+
+
+def _after_commit(delivery, outcome):
+    if outcome.succeeded:
+        return
+    if delivery.action.failure_email:
+        queue.enqueue_notices(delivery.action.failure_email)
+    if delivery.state == "pending":
+        queue.enqueue_delivery(delivery.id, at=_aware(delivery.next_attempt_at))
+
+
+def _aware(naive_utc):
+    from datetime import UTC
+
+    return naive_utc.replace(tzinfo=UTC)
+
+
+def pause_automation(automation, reason):
+    """Pause an automation in the current transaction; the caller commits."""
+    automation.active = False
+    automation.paused_at = utcnow()
+    automation.pause_reason = reason[:300]
+    log.warning("automation %s paused: %s", automation.id, reason)
+
+
+def resume_automation(automation):
+    """Resume an automation, commit, and queue the deliveries held while paused."""
+    automation.active = True
+    automation.paused_at = None
+    automation.pause_reason = ""
+    held = db.session.scalars(
+        db.select(Delivery.id).where(
+            Delivery.automation_id == automation.id,
+            Delivery.state == "pending",
+            Delivery.next_attempt_at.is_(None),
+        )
+    ).all()
+    now = utcnow()
+    db.session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(held))
+        .values(next_attempt_at=now)
+    )
+    db.session.commit()
+    for delivery_id in held:
+        queue.enqueue_delivery(delivery_id)
+    return len(held)
+
+
+def sweep(now=None, grace_seconds=30):
+    """Queue the work that a lost job or a dead worker left behind.
+
+    Returns counts of what it queued, for logs and tests.
+    """
+    now = now or utcnow()
+    grace = timedelta(seconds=grace_seconds)
+
+    expired = db.session.execute(
+        update(Delivery)
+        .where(Delivery.state == "sending", Delivery.lease_expires_at < now)
+        .values(state="pending", next_attempt_at=now, lease_expires_at=None)
+    ).rowcount
+    db.session.commit()
+
+    event_ids = db.session.scalars(
+        db.select(Event.id)
+        .where(Event.dispatched_at.is_(None), Event.occurred_at < now - grace)
+        .order_by(Event.id)
+        .limit(1000)
+    ).all()
+    for event_id in event_ids:
+        queue.enqueue_dispatch(event_id)
+
+    due_ids = db.session.scalars(
+        db.select(Delivery.id)
+        .where(
+            Delivery.state == "pending",
+            Delivery.next_attempt_at < now - grace,
+        )
+        .order_by(Delivery.next_attempt_at)
+        .limit(1000)
+    ).all()
+    for delivery_id in due_ids:
+        queue.enqueue_delivery(delivery_id)
+
+    addresses = db.session.scalars(
+        db.select(FailureNotice.address)
+        .where(FailureNotice.state == "pending", FailureNotice.occurred_at < now - grace)
+        .distinct()
+        .limit(1000)
+    ).all()
+    addresses = [address for address in addresses if not queue.notices_scheduled(address)]
+    for address in addresses:
+        queue.enqueue_notices(address)
+
+    counts = {
+        "leases_expired": expired,
+        "events": len(event_ids),
+        "deliveries": len(due_ids),
+        "notice_addresses": len(addresses),
+    }
+    if any(counts.values()):
+        log.info("sweep queued %s", counts)
+    return counts
+
+
+def automation_for_account(account_id, automation_id):
+    return db.session.scalar(
+        db.select(Automation).where(
+            Automation.id == automation_id, Automation.account_id == account_id
+        )
+    )

@@ -1,0 +1,47 @@
+"""RQ entry points. Each takes ids, runs in the app context, and raises on failure."""
+
+import logging
+
+from flask import current_app
+
+from . import deliveries, notify, queue
+
+log = logging.getLogger(__name__)
+
+
+def get_sender():
+    """Return this process's webhook sender, which keeps connections open per host."""
+    from .webhooks import AddressPolicy, Sender
+
+    app = current_app._get_current_object()
+    sender = app.extensions.get("pdauto_sender")
+    if sender is None:
+        sender = Sender(
+            AddressPolicy.from_strings(app.config["PDAUTO_ALLOWED_NETWORKS"]),
+            connect_timeout=app.config["DELIVERY_CONNECT_TIMEOUT_SECONDS"],
+            total_timeout=app.config["DELIVERY_TIMEOUT_SECONDS"],
+        )
+        app.extensions["pdauto_sender"] = sender
+    return sender
+
+
+def dispatch_event(event_id):
+    """Create an event's deliveries and queue them."""
+    delivery_ids = deliveries.dispatch_event(event_id)
+    for delivery_id in delivery_ids:
+        queue.enqueue_delivery(delivery_id)
+    return len(delivery_ids)
+
+
+def deliver(delivery_id):
+    """Send one attempt of a delivery."""
+    return deliveries.attempt_delivery(delivery_id, get_sender())
+
+
+def send_failure_notices(address):
+    """Send, or hold back under the limit, the failure emails of one address."""
+    return notify.send_pending_notices(address)
+
+
+def sweep():
+    return deliveries.sweep()

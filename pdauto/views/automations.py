@@ -1,0 +1,244 @@
+"""The automation builder, Test Now, and each automation's delivery log."""
+
+import uuid
+
+from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
+from flask_login import current_user, login_required
+
+from .. import automations as domain
+from .. import deliveries, proofs
+from ..extensions import db
+from ..forms import AutomationForm, TestNowForm
+from ..models import Attempt, Automation, Delivery, new_signing_secret
+from ..webhooks import AddressPolicy, Sender, WebhookRequest, mask_url
+from .common import render, roles_required
+
+bp = Blueprint("automations", __name__, url_prefix="/automations")
+
+MANAGERS = ("admin", "manager")
+PAGE_SIZE = 25
+
+
+def _get_automation_or_404(automation_id, include_deleted=False):
+    automation = domain_get(automation_id)
+    if automation is None or (automation.deleted_at and not include_deleted):
+        abort(404)
+    return automation
+
+
+def domain_get(automation_id):
+    return deliveries.automation_for_account(current_user.account_id, automation_id)
+
+
+@bp.route("/")
+@login_required
+def list_automations():
+    automations = db.session.scalars(
+        db.select(Automation)
+        .where(
+            Automation.account_id == current_user.account_id,
+            Automation.deleted_at.is_(None),
+        )
+        .order_by(Automation.name)
+    ).all()
+    return render("automations/list.html", automations=automations)
+
+
+def _render_builder(form, automation=None, status=200):
+    action = domain.call_api_action(automation) if automation else None
+    return render(
+        "automations/builder.html",
+        form=form,
+        automation=automation,
+        action=action,
+        status=status,
+    )
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@roles_required(*MANAGERS)
+def new_automation():
+    form = AutomationForm()
+    if request.method == "GET":
+        form.signing_secret.data = new_signing_secret()
+    if form.validate_on_submit():
+        try:
+            automation = domain.save_automation(
+                current_user.account_id, form.data, proof=form.test_proof.data
+            )
+        except proofs.InvalidProof as error:
+            form.url.errors.append(str(error))
+        else:
+            flash(f"Saved the automation {automation.name}.", "success")
+            return redirect(url_for("automations.show_automation", automation_id=automation.id))
+    status = 422 if request.method == "POST" else 200
+    return _render_builder(form, status=status)
+
+
+@bp.route("/<int:automation_id>/edit", methods=["GET", "POST"])
+@roles_required(*MANAGERS)
+def edit_automation(automation_id):
+    automation = _get_automation_or_404(automation_id)
+    action = domain.call_api_action(automation)
+    form = AutomationForm(obj=automation)
+    if request.method == "GET" and action is not None:
+        form.url.data = mask_url(action.url)
+        form.failure_email.data = action.failure_email
+        form.content_type.data = action.content_type
+    if form.validate_on_submit():
+        try:
+            domain.save_automation(
+                current_user.account_id,
+                form.data,
+                automation=automation,
+                proof=form.test_proof.data,
+            )
+        except proofs.InvalidProof as error:
+            db.session.rollback()
+            form.url.errors.append(str(error))
+        else:
+            flash(f"Saved the automation {automation.name}.", "success")
+            return redirect(url_for("automations.show_automation", automation_id=automation.id))
+    status = 422 if request.method == "POST" else 200
+    return _render_builder(form, automation, status=status)
+
+
+@bp.route("/test", methods=["POST"])
+@roles_required(*MANAGERS)
+def test_now():
+    """Send a real test request and return the result fragment, with a proof on 2xx."""
+    form = TestNowForm()
+    if not form.validate_on_submit():
+        errors = [error for field in form for error in field.errors]
+        return render(
+            "automations/_test_result.html",
+            "automations/_test_result.html",
+            outcome=None,
+            form_errors=errors,
+        )
+
+    automation = None
+    if form.automation_id.data:
+        automation = domain_get(form.automation_id.data)
+    action = domain.call_api_action(automation) if automation else None
+    url = domain.resolve_url(form.url.data, action)
+    secret = action.signing_secret if action else form.signing_secret.data
+    outcome = _send_test(form, url, secret)
+
+    proof = None
+    if outcome.succeeded:
+        fingerprint = proofs.request_fingerprint(url, form.content_type.data, {})
+        proof = proofs.issue_proof(current_user.account_id, fingerprint)
+    return render(
+        "automations/_test_result.html",
+        "automations/_test_result.html",
+        outcome=outcome,
+        proof=proof,
+        tested_url=form.url.data,
+        form_errors=[],
+    )
+
+
+def _send_test(form, url, secret):
+    config = current_app.config
+    sender = Sender(
+        AddressPolicy.from_strings(config["PDAUTO_ALLOWED_NETWORKS"]),
+        connect_timeout=config["DELIVERY_CONNECT_TIMEOUT_SECONDS"],
+        total_timeout=config["TEST_NOW_TIMEOUT_SECONDS"],
+    )
+    payload = deliveries.build_test_payload(
+        form.name.data or "Test", form.event_model.data, form.event_action.data
+    )
+    try:
+        return sender.send(
+            WebhookRequest(
+                url=url,
+                payload=payload,
+                webhook_id=f"msg_test_{uuid.uuid4().hex}",
+                secrets=(secret,) if secret else (),
+                content_type=form.content_type.data,
+            )
+        )
+    finally:
+        sender.close()
+
+
+@bp.route("/<int:automation_id>")
+@login_required
+def show_automation(automation_id):
+    automation = _get_automation_or_404(automation_id, include_deleted=True)
+    state = request.args.get("state", "")
+    page = request.args.get("page", 1, type=int)
+    query = db.select(Delivery).where(Delivery.automation_id == automation.id)
+    if state in ("pending", "sending", "succeeded", "failed"):
+        query = query.where(Delivery.state == state)
+    pagination = db.paginate(
+        query.order_by(Delivery.created_at.desc(), Delivery.id.desc()),
+        page=max(page, 1),
+        per_page=PAGE_SIZE,
+        error_out=False,
+    )
+    attempts = _attempts_for(pagination.items)
+    return render(
+        "automations/show.html",
+        "automations/_deliveries.html",
+        automation=automation,
+        action=domain.call_api_action(automation),
+        pagination=pagination,
+        attempts=attempts,
+        state=state,
+    )
+
+
+def _attempts_for(delivery_rows):
+    ids = [delivery.id for delivery in delivery_rows]
+    by_delivery = {delivery_id: [] for delivery_id in ids}
+    if ids:
+        rows = db.session.scalars(
+            db.select(Attempt)
+            .where(Attempt.delivery_id.in_(ids))
+            .order_by(Attempt.delivery_id, Attempt.number)
+        )
+        for attempt in rows:
+            by_delivery[attempt.delivery_id].append(attempt)
+    return by_delivery
+
+
+@bp.route("/<int:automation_id>/pause", methods=["POST"])
+@roles_required(*MANAGERS)
+def pause_automation(automation_id):
+    automation = _get_automation_or_404(automation_id)
+    domain.pause(automation)
+    flash(f"Paused {automation.name}. New changes are kept until you resume.", "success")
+    return redirect(url_for("automations.show_automation", automation_id=automation.id))
+
+
+@bp.route("/<int:automation_id>/resume", methods=["POST"])
+@roles_required(*MANAGERS)
+def resume_automation(automation_id):
+    automation = _get_automation_or_404(automation_id)
+    held = domain.resume(automation)
+    flash(f"Resumed {automation.name}; {held} held deliveries queued.", "success")
+    return redirect(url_for("automations.show_automation", automation_id=automation.id))
+
+
+@bp.route("/<int:automation_id>/delete", methods=["POST"])
+@roles_required(*MANAGERS)
+def delete_automation(automation_id):
+    automation = _get_automation_or_404(automation_id)
+    domain.delete(automation)
+    flash(f"Deleted {automation.name}. Its delivery log stays readable.", "success")
+    return redirect(url_for("automations.list_automations"))
+
+
+@bp.route("/deliveries/<delivery_id>/redeliver", methods=["POST"])
+@roles_required(*MANAGERS)
+def redeliver(delivery_id):
+    delivery = domain.get_delivery(current_user.account_id, delivery_id)
+    if delivery is None:
+        abort(404)
+    domain.redeliver(delivery)
+    flash(f"Delivery {delivery.id} queued again.", "success")
+    return redirect(
+        url_for("automations.show_automation", automation_id=delivery.automation_id)
+    )

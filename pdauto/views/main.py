@@ -1,0 +1,57 @@
+"""The home page and the health check."""
+
+import logging
+
+import redis
+from flask import Blueprint, jsonify
+from flask_login import current_user, login_required
+from sqlalchemy import text
+
+from .. import queue
+from ..extensions import db
+from ..models import Automation, Delivery
+from .common import render
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("main", __name__)
+
+
+@bp.route("/")
+@login_required
+def home():
+    account_id = current_user.account_id
+    automations = db.session.scalars(
+        db.select(Automation)
+        .where(Automation.account_id == account_id, Automation.deleted_at.is_(None))
+        .order_by(Automation.name)
+    ).all()
+    recent = db.session.scalars(
+        db.select(Delivery)
+        .where(Delivery.account_id == account_id)
+        .order_by(Delivery.created_at.desc())
+        .limit(10)
+    ).all()
+    return render("main/home.html", automations=automations, recent=recent)
+
+
+@bp.route("/healthz")
+def healthz():
+    checks = {}
+    try:
+        db.session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as error:  # any driver error means the check failed
+        log.warning("health check: database failed: %s", error)
+        checks["database"] = "failed"
+    try:
+        queue.get_redis().ping()
+        checks["redis"] = "ok"
+    except redis.RedisError as error:
+        log.warning("health check: redis failed: %s", error)
+        checks["redis"] = "failed"
+
+    healthy = all(value == "ok" for value in checks.values())
+    return jsonify(status="ok" if healthy else "failed", checks=checks), (
+        200 if healthy else 503
+    )

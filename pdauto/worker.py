@@ -1,0 +1,81 @@
+"""The RQ worker that runs pdauto's jobs inside the app context, and the sweep."""
+
+import logging
+import threading
+
+import redis
+from rq import SimpleWorker
+
+from . import deliveries, queue
+
+log = logging.getLogger(__name__)
+
+
+class AppWorker(SimpleWorker):
+    """Run each job in the worker process, inside the Flask app context.
+
+    SimpleWorker does not fork per job, so a job costs milliseconds, not a
+    process start, and database and HTTP connections stay open between jobs.
+    """
+
+    app = None
+
+    def perform_job(self, job, queue, execution):
+        with self.app.app_context():
+            try:
+                return super().perform_job(job, queue, execution)
+            finally:
+                from .extensions import db
+
+                db.session.remove()
+
+
+def run_sweep_once(app):
+    """Run the sweep if no other process holds the sweep lock; return its counts."""
+    with app.app_context():
+        client = queue.get_redis()
+        interval = app.config["SWEEP_INTERVAL_SECONDS"]
+        lock = client.lock(
+            queue.redis_key("sweep-lock"), timeout=max(interval * 4, 60), blocking=False
+        )
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return deliveries.sweep()
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass
+            from .extensions import db
+
+            db.session.remove()
+
+
+class SweepThread(threading.Thread):
+    """Run the sweep every SWEEP_INTERVAL_SECONDS until stopped."""
+
+    def __init__(self, app):
+        super().__init__(name="pdauto-sweep", daemon=True)
+        self.app = app
+        self.stopped = threading.Event()
+
+    def run(self):
+        interval = self.app.config["SWEEP_INTERVAL_SECONDS"]
+        while not self.stopped.wait(interval):
+            try:
+                run_sweep_once(self.app)
+            except Exception:
+                # The next round tries again; a sweep must never stop the worker.
+                log.exception("sweep failed")
+
+    def stop(self):
+        self.stopped.set()
+
+
+def make_worker(app, name=None):
+    with app.app_context():
+        connection = queue.get_redis()
+        queues = queue.all_queues()
+    worker_class = type("PdautoWorker", (AppWorker,), {"app": app})
+    return worker_class(queues, connection=connection, name=name)

@@ -1,0 +1,50 @@
+"""The RQ dashboard at /rq: admins only, and no side effect reachable by a link."""
+
+from tests.conftest import login
+
+
+def test_anonymous_gets_login_page(client):
+    response = client.get("/rq/")
+
+    assert response.status_code == 302
+    assert "/login" in response.headers["Location"]
+
+
+def test_manager_and_rep_get_403(app, users):
+    for role in ("manager", "rep"):
+        client = app.test_client()
+        login(client, users[role][1])
+        assert client.get("/rq/").status_code == 403, role
+        assert client.get("/rq/0/data/queues.json").status_code == 403, role
+
+
+def test_admin_sees_queues(app, users):
+    client = app.test_client()
+    login(client, users["admin"][1])
+
+    page = client.get("/rq/")
+    data = client.get("/rq/0/data/queues.json")
+
+    assert page.status_code == 200
+    assert "RQ" in page.text
+    assert data.status_code == 200
+    names = [queue["name"] for queue in data.get_json()["queues"]]
+    assert any(name.endswith("-deliveries") for name in names) or names == []
+
+
+def test_requeue_by_get_is_refused(app, users):
+    client = app.test_client()
+    login(client, users["admin"][1])
+
+    assert client.get("/rq/requeue/default").status_code == 405
+
+
+def test_cross_site_post_is_refused(app, users):
+    client = app.test_client()
+    login(client, users["admin"][1])
+
+    response = client.post(
+        "/rq/queue/default/failed/empty", headers={"Origin": "https://evil.test"}
+    )
+
+    assert response.status_code == 403
