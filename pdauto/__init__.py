@@ -63,7 +63,10 @@ def init_extensions(app):
 
     db.init_app(app)
     migrate.init_app(
-        app, db, directory=str(Path(__file__).parent / "migrations"), render_as_batch=True
+        app,
+        db,
+        directory=str(Path(__file__).parent / "migrations"),
+        render_as_batch=True,
     )
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"

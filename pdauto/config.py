@@ -37,9 +37,7 @@ def _retry_schedule(name, default):
     try:
         delays = [int(part) for part in raw.split(",") if part.strip()]
     except ValueError:
-        raise RuntimeError(
-            f"{name} must be comma-separated whole seconds, got {raw!r}"
-        ) from None
+        raise RuntimeError(f"{name} must be comma-separated whole seconds, got {raw!r}") from None
     if not delays or any(delay < 0 for delay in delays):
         raise RuntimeError(f"{name} needs at least one delay of 0 seconds or more")
     return delays
@@ -62,15 +60,11 @@ def load_settings():
         "MAIL_USERNAME": os.environ.get("MAIL_USERNAME"),
         "MAIL_PASSWORD": os.environ.get("MAIL_PASSWORD"),
         "MAIL_USE_TLS": os.environ.get("MAIL_USE_TLS", "") == "1",
-        "MAIL_DEFAULT_SENDER": os.environ.get(
-            "MAIL_DEFAULT_SENDER", "pdauto <pdauto@localhost>"
-        ),
+        "MAIL_DEFAULT_SENDER": os.environ.get("MAIL_DEFAULT_SENDER", "pdauto <pdauto@localhost>"),
         "MAIL_TIMEOUT_SECONDS": _float("MAIL_TIMEOUT_SECONDS", 10.0),
         "PDAUTO_BASE_URL": os.environ.get("PDAUTO_BASE_URL", "http://127.0.0.1:5000"),
         "PDAUTO_ALLOWED_NETWORKS": _list("PDAUTO_ALLOWED_NETWORKS"),
-        "DELIVERY_CONNECT_TIMEOUT_SECONDS": _float(
-            "DELIVERY_CONNECT_TIMEOUT_SECONDS", 5.0
-        ),
+        "DELIVERY_CONNECT_TIMEOUT_SECONDS": _float("DELIVERY_CONNECT_TIMEOUT_SECONDS", 5.0),
         "DELIVERY_TIMEOUT_SECONDS": _float("DELIVERY_TIMEOUT_SECONDS", 15.0),
         "TEST_NOW_TIMEOUT_SECONDS": _float("TEST_NOW_TIMEOUT_SECONDS", 10.0),
         # Delays before the 2nd, 3rd, ... attempt; about two days in all.
@@ -78,6 +72,11 @@ def load_settings():
             "DELIVERY_RETRY_SCHEDULE_SECONDS",
             "30,120,600,1800,3600,7200,14400,28800,43200,43200,43200",
         ),
+        # An automation whose attempts all failed for this long is paused;
+        # its failure address is warned at the first setting.
+        "AUTO_PAUSE_WARNING_SECONDS": _int("AUTO_PAUSE_WARNING_SECONDS", 2 * 86400),
+        "AUTO_PAUSE_SECONDS": _int("AUTO_PAUSE_SECONDS", 3 * 86400),
+        "SECRET_ROTATION_GRACE_SECONDS": _int("SECRET_ROTATION_GRACE_SECONDS", 86400),
         "DELIVERY_LEASE_SECONDS": _int("DELIVERY_LEASE_SECONDS", 120),
         "SWEEP_INTERVAL_SECONDS": _float("SWEEP_INTERVAL_SECONDS", 15.0),
         "TEST_PROOF_MAX_AGE_SECONDS": _int("TEST_PROOF_MAX_AGE_SECONDS", 3600),

@@ -145,9 +145,7 @@ def attempt_delivery(delivery_id, sender):
     if automation.deleted_at is not None or not automation.active:
         return _hold_for_paused(delivery, automation)
 
-    request = build_request(
-        delivery.action, delivery.id, build_payload(automation, delivery.event)
-    )
+    request = build_request(delivery.action, delivery.id, build_payload(automation, delivery.event))
     outcome = sender.send(request)
     attempt = _record_attempt(delivery, outcome, now)
     state = _apply_outcome(delivery, attempt, outcome, now)
@@ -168,7 +166,12 @@ def _hold_for_paused(delivery, automation):
         delivery.next_attempt_at = None
     delivery.lease_expires_at = None
     db.session.commit()
-    log.info("delivery %s held: automation %s is %s", delivery.id, automation.id, automation.state)
+    log.info(
+        "delivery %s held: automation %s is %s",
+        delivery.id,
+        automation.id,
+        automation.state,
+    )
     return delivery.state
 
 
@@ -198,16 +201,20 @@ def _apply_outcome(delivery, attempt, outcome, now):
     delivery.last_status = outcome.status
     delivery.last_error = outcome.error[:MAX_ERROR_LENGTH]
     delivery.lease_expires_at = None
+    automation = delivery.automation
     if outcome.succeeded:
         delivery.state = "succeeded"
         delivery.completed_at = now
+        automation.failing_since = None
+        automation.pause_warning_sent_at = None
         log.info("delivery %s succeeded on attempt %d", delivery.id, attempt.number)
         return delivery.state
 
-    automation = delivery.automation
     action = delivery.action
     if outcome.kind == "gone":
         pause_automation(automation, f"the URL answered 410 Gone ({outcome.request_url})")
+    else:
+        _check_auto_pause(automation, action, now)
 
     delay = retry_delay(delivery.attempt_count, outcome) if outcome.retryable else None
     if delay is None:
@@ -239,6 +246,48 @@ def _apply_outcome(delivery, attempt, outcome, now):
         delivery.state,
     )
     return delivery.state
+
+
+def _check_auto_pause(automation, action, now):
+    """Warn, then pause, an automation whose attempts have failed for long."""
+    config = current_app.config
+    if automation.failing_since is None:
+        automation.failing_since = now
+        return
+
+    failing_for = (now - automation.failing_since).total_seconds()
+    since = automation.failing_since.strftime("%Y-%m-%d %H:%M UTC")
+    if failing_for >= config["AUTO_PAUSE_SECONDS"] and automation.active:
+        reason = f"every attempt failed since {since}"
+        pause_automation(automation, reason)
+        _notice(automation, action, now, "paused", f"paused because {reason}")
+    elif (
+        failing_for >= config["AUTO_PAUSE_WARNING_SECONDS"]
+        and automation.pause_warning_sent_at is None
+    ):
+        automation.pause_warning_sent_at = now
+        pause_in = config["AUTO_PAUSE_SECONDS"] - failing_for
+        _notice(
+            automation,
+            action,
+            now,
+            "pause_warning",
+            f"every attempt failed since {since}; the automation will be paused "
+            f"in about {pause_in / 3600:.0f} hours unless a delivery succeeds",
+        )
+
+
+def _notice(automation, action, now, kind, error):
+    if action.failure_email:
+        notify.record_failure(
+            account_id=automation.account_id,
+            automation_id=automation.id,
+            address=action.failure_email,
+            url_masked=mask_url(action.url),
+            error=error,
+            occurred_at=now,
+            kind=kind,
+        )
 
 
 def _after_commit(delivery, outcome):
@@ -277,11 +326,7 @@ def resume_automation(automation):
         )
     ).all()
     now = utcnow()
-    db.session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(held))
-        .values(next_attempt_at=now)
-    )
+    db.session.execute(update(Delivery).where(Delivery.id.in_(held)).values(next_attempt_at=now))
     db.session.commit()
     for delivery_id in held:
         queue.enqueue_delivery(delivery_id)

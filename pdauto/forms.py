@@ -7,8 +7,10 @@ from wtforms import (
     HiddenField,
     IntegerField,
     PasswordField,
+    SelectChoice,
     SelectField,
     StringField,
+    TextAreaField,
 )
 from wtforms.validators import (
     DataRequired,
@@ -22,8 +24,7 @@ from wtforms.validators import (
 )
 
 from .models import CONTENT_TYPES, DEAL_STATUSES, EVENT_ACTIONS, EVENT_MODELS
-from .webhooks import InvalidURL, normalize_url
-
+from .webhooks import InvalidURL, normalize_url, validate_custom_headers
 
 # A Standard Webhooks secret: "whsec_" and base64.
 SECRET_PATTERN = r"^whsec_[A-Za-z0-9+/]{24,}={0,2}$"
@@ -43,9 +44,7 @@ class PersonForm(FlaskForm):
         "First name", validators=[DataRequired(), Length(max=100)], filters=[strip]
     )
     last_name = StringField("Last name", validators=[Length(max=100)], filters=[strip])
-    email = StringField(
-        "Email", validators=[Optional(), Email(), Length(max=254)], filters=[strip]
-    )
+    email = StringField("Email", validators=[Optional(), Email(), Length(max=254)], filters=[strip])
     phone = StringField("Phone", validators=[Length(max=50)], filters=[strip])
 
 
@@ -62,7 +61,7 @@ class DealForm(FlaskForm):
         validators=[InputRequired(), NumberRange(min=0, max=999_999_999_999)],
         default=0,
     )
-    status = SelectField("Status", choices=[(s, s.title()) for s in DEAL_STATUSES])
+    status = SelectField("Status", choices=[SelectChoice(s, s.title()) for s in DEAL_STATUSES])
     stage = StringField("Stage", validators=[Length(max=60)], filters=[strip])
 
 
@@ -76,36 +75,65 @@ def validate_webhook_url(form, field):
         raise ValidationError(str(error)) from None
 
 
+def parse_header_lines(text):
+    """Parse "Name: value" lines into pairs; raise ValueError naming a bad line."""
+    pairs = []
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise ValueError(f'line {number} is not "Name: value": {line.strip()[:80]}')
+        pairs.append((name.strip(), value.strip()))
+    return validate_custom_headers(pairs)
+
+
+def validate_header_lines(form, field):
+    try:
+        field.parsed = dict(parse_header_lines(field.data))
+    except ValueError as error:
+        raise ValidationError(f"Custom headers: {error}") from None
+
+
 class CallApiFields:
     """The request settings that Test Now and Save both read."""
 
     url = StringField(
         "URL",
-        validators=[DataRequired(message="Enter the URL to call."), validate_webhook_url],
+        validators=[
+            DataRequired(message="Enter the URL to call."),
+            validate_webhook_url,
+        ],
     )
     content_type = SelectField(
         "Content type",
         choices=[
-            (CONTENT_TYPES[0], "JSON (application/json)"),
-            (CONTENT_TYPES[1], "Form (application/x-www-form-urlencoded)"),
+            SelectChoice(CONTENT_TYPES[0], "JSON (application/json)"),
+            SelectChoice(CONTENT_TYPES[1], "Form (application/x-www-form-urlencoded)"),
         ],
         default=CONTENT_TYPES[0],
+    )
+    custom_headers = TextAreaField(
+        "Custom headers",
+        validators=[Length(max=4000), validate_header_lines],
+        description='One "Name: value" per line, e.g. "Authorization: Bearer ...".',
     )
 
 
 class AutomationForm(CallApiFields, FlaskForm):
     name = StringField(
         "Name",
-        validators=[DataRequired(message="Give the automation a name."), Length(max=200)],
+        validators=[
+            DataRequired(message="Give the automation a name."),
+            Length(max=200),
+        ],
         filters=[strip],
         description="Receivers see it as the trigger field.",
     )
     event_model = SelectField(
-        "When a", choices=[(model, model.title()) for model in EVENT_MODELS]
+        "When a", choices=[SelectChoice(model, model.title()) for model in EVENT_MODELS]
     )
-    event_action = SelectField(
-        "is", choices=[(action, action) for action in EVENT_ACTIONS]
-    )
+    event_action = SelectField("is", choices=[SelectChoice(action) for action in EVENT_ACTIONS])
     failure_email = EmailField(
         "Failure notification email",
         validators=[
@@ -121,7 +149,7 @@ class AutomationForm(CallApiFields, FlaskForm):
 
 class TestNowForm(CallApiFields, FlaskForm):
     name = StringField("Name", filters=[strip], validators=[Length(max=200)])
-    event_model = SelectField(choices=[(model, model) for model in EVENT_MODELS])
-    event_action = SelectField(choices=[(action, action) for action in EVENT_ACTIONS])
+    event_model = SelectField(choices=[SelectChoice(model) for model in EVENT_MODELS])
+    event_action = SelectField(choices=[SelectChoice(action) for action in EVENT_ACTIONS])
     automation_id = IntegerField(validators=[Optional()])
     signing_secret = HiddenField(validators=[Optional(), Regexp(SECRET_PATTERN)])

@@ -112,7 +112,14 @@ class Person(RecordMixin, db.Model):
     company = db.relationship(Company)
 
     event_model = "person"
-    tracked_fields = ("first_name", "last_name", "email", "phone", "company_id", "owner_id")
+    tracked_fields = (
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "company_id",
+        "owner_id",
+    )
 
     @property
     def display_name(self):
@@ -135,7 +142,15 @@ class Deal(RecordMixin, db.Model):
     person = db.relationship(Person)
 
     event_model = "deal"
-    tracked_fields = ("name", "value", "status", "stage", "company_id", "person_id", "owner_id")
+    tracked_fields = (
+        "name",
+        "value",
+        "status",
+        "stage",
+        "company_id",
+        "person_id",
+        "owner_id",
+    )
 
     @property
     def display_name(self):
@@ -174,6 +189,9 @@ class Automation(db.Model):
     active = db.Column(db.Boolean, nullable=False, default=True)
     paused_at = db.Column(db.DateTime, nullable=True)
     pause_reason = db.Column(db.String(300), nullable=False, default="")
+    # Start of the current run of failed attempts; None after a success.
+    failing_since = db.Column(db.DateTime, nullable=True)
+    pause_warning_sent_at = db.Column(db.DateTime, nullable=True)
     # Deleted automations keep their delivery history readable.
     deleted_at = db.Column(db.DateTime, nullable=True)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
@@ -199,9 +217,7 @@ class Action(db.Model):
     __tablename__ = "actions"
 
     id = db.Column(db.Integer, primary_key=True)
-    automation_id = db.Column(
-        db.ForeignKey("automations.id"), nullable=False, index=True
-    )
+    automation_id = db.Column(db.ForeignKey("automations.id"), nullable=False, index=True)
     position = db.Column(db.Integer, nullable=False, default=0)
     kind = db.Column(db.String(16), nullable=False, default="call_api")
     # The URL as the user saved it, credentials included; show it only masked.
@@ -209,9 +225,7 @@ class Action(db.Model):
     failure_email = db.Column(db.String(254), nullable=False, default="")
     content_type = db.Column(db.String(64), nullable=False, default=CONTENT_TYPES[0])
     custom_headers = db.Column(JSON, nullable=False, default=dict)
-    signing_secret = db.Column(
-        db.String(100), nullable=False, default=new_signing_secret
-    )
+    signing_secret = db.Column(db.String(100), nullable=False, default=new_signing_secret)
     previous_signing_secret = db.Column(db.String(100), nullable=True)
     previous_secret_expires_at = db.Column(db.DateTime, nullable=True)
     settings = db.Column(JSON, nullable=False, default=dict)
@@ -259,9 +273,7 @@ class Delivery(db.Model):
     event = db.relationship(Event)
     action = db.relationship(Action)
     automation = db.relationship(Automation)
-    attempts = db.relationship(
-        "Attempt", back_populates="delivery", order_by="Attempt.number"
-    )
+    attempts = db.relationship("Attempt", back_populates="delivery", order_by="Attempt.number")
 
 
 class Attempt(db.Model):

@@ -44,9 +44,7 @@ def check_proof(token, account_id, fingerprint):
     if not token:
         raise InvalidProof("Press Test Now: the URL must answer 2xx before you can save.")
     try:
-        data = _serializer().loads(
-            token, max_age=current_app.config["TEST_PROOF_MAX_AGE_SECONDS"]
-        )
+        data = _serializer().loads(token, max_age=current_app.config["TEST_PROOF_MAX_AGE_SECONDS"])
     except SignatureExpired:
         raise InvalidProof(
             "The last test is too old. Press Test Now again before saving."

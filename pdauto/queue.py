@@ -104,9 +104,7 @@ def enqueue_notices(address, at=None):
     from . import jobs
 
     job_id = _notices_job_id(address) if at is not None else None
-    return try_enqueue(
-        "notices", jobs.send_failure_notices, address, at=at, job_id=job_id
-    )
+    return try_enqueue("notices", jobs.send_failure_notices, address, at=at, job_id=job_id)
 
 
 def notices_scheduled(address):

@@ -85,7 +85,7 @@ def make_user(role="manager", account_name="Acme", email=None):
     if account is None:
         account = Account(name=account_name)
         _db.session.add(account)
-    email = email or f"{role}{next(_counter)}@{account_name.lower()}.test"
+    email = email or f"{role}{next(_counter)}@{account_name.lower()}.example.com"
     user = User(account=account, email=email, role=role)
     user.set_password(PASSWORD)
     _db.session.add(user)

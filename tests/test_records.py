@@ -6,9 +6,15 @@ from pdauto.extensions import db
 from pdauto.models import Company, Deal, Event, Person
 
 FORMS = {
-    "people": ({"first_name": "Ada", "last_name": "Lovelace", "email": "ada@acme.test"}, Person),
+    "people": (
+        {"first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.com"},
+        Person,
+    ),
     "companies": ({"name": "Initech", "website": "https://initech.test"}, Company),
-    "deals": ({"name": "Big deal", "value": "12000", "status": "open", "stage": "proposal"}, Deal),
+    "deals": (
+        {"name": "Big deal", "value": "12000", "status": "open", "stage": "proposal"},
+        Deal,
+    ),
 }
 
 

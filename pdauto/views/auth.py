@@ -35,9 +35,7 @@ def login():
 
     form = LoginForm()
     if form.validate_on_submit():
-        user = db.session.scalar(
-            db.select(User).where(User.email == form.email.data.lower())
-        )
+        user = db.session.scalar(db.select(User).where(User.email == form.email.data.lower()))
         if user is not None and user.active and user.check_password(form.password.data):
             session.clear()
             login_user(user)

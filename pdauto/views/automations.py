@@ -1,6 +1,7 @@
 """The automation builder, Test Now, and each automation's delivery log."""
 
 import uuid
+from datetime import datetime
 
 from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user, login_required
@@ -55,6 +56,16 @@ def _render_builder(form, automation=None, status=200):
     )
 
 
+def _form_data(form):
+    data = dict(form.data)
+    data["custom_headers_parsed"] = getattr(form.custom_headers, "parsed", {})
+    return data
+
+
+def _header_lines(headers):
+    return "\n".join(f"{name}: {value}" for name, value in sorted(headers.items()))
+
+
 @bp.route("/new", methods=["GET", "POST"])
 @roles_required(*MANAGERS)
 def new_automation():
@@ -64,7 +75,7 @@ def new_automation():
     if form.validate_on_submit():
         try:
             automation = domain.save_automation(
-                current_user.account_id, form.data, proof=form.test_proof.data
+                current_user.account_id, _form_data(form), proof=form.test_proof.data
             )
         except proofs.InvalidProof as error:
             form.url.errors.append(str(error))
@@ -85,11 +96,12 @@ def edit_automation(automation_id):
         form.url.data = mask_url(action.url)
         form.failure_email.data = action.failure_email
         form.content_type.data = action.content_type
+        form.custom_headers.data = _header_lines(action.custom_headers or {})
     if form.validate_on_submit():
         try:
             domain.save_automation(
                 current_user.account_id,
-                form.data,
+                _form_data(form),
                 automation=automation,
                 proof=form.test_proof.data,
             )
@@ -122,12 +134,13 @@ def test_now():
         automation = domain_get(form.automation_id.data)
     action = domain.call_api_action(automation) if automation else None
     url = domain.resolve_url(form.url.data, action)
-    secret = action.signing_secret if action else form.signing_secret.data
-    outcome = _send_test(form, url, secret)
+    secrets = action.active_secrets() if action else [form.signing_secret.data]
+    headers = getattr(form.custom_headers, "parsed", {})
+    outcome = _send_test(form, url, [secret for secret in secrets if secret], headers)
 
     proof = None
     if outcome.succeeded:
-        fingerprint = proofs.request_fingerprint(url, form.content_type.data, {})
+        fingerprint = proofs.request_fingerprint(url, form.content_type.data, headers)
         proof = proofs.issue_proof(current_user.account_id, fingerprint)
     return render(
         "automations/_test_result.html",
@@ -139,7 +152,7 @@ def test_now():
     )
 
 
-def _send_test(form, url, secret):
+def _send_test(form, url, secrets, headers):
     config = current_app.config
     sender = Sender(
         AddressPolicy.from_strings(config["PDAUTO_ALLOWED_NETWORKS"]),
@@ -155,8 +168,9 @@ def _send_test(form, url, secret):
                 url=url,
                 payload=payload,
                 webhook_id=f"msg_test_{uuid.uuid4().hex}",
-                secrets=(secret,) if secret else (),
+                secrets=tuple(secrets),
                 content_type=form.content_type.data,
+                custom_headers=tuple(sorted(headers.items())),
             )
         )
     finally:
@@ -182,6 +196,7 @@ def show_automation(automation_id):
     return render(
         "automations/show.html",
         "automations/_deliveries.html",
+        missed_events=domain.missed_event_count(automation),
         automation=automation,
         action=domain.call_api_action(automation),
         pagination=pagination,
@@ -204,6 +219,22 @@ def _attempts_for(delivery_rows):
     return by_delivery
 
 
+@bp.route("/<int:automation_id>/rotate-secret", methods=["POST"])
+@roles_required(*MANAGERS)
+def rotate_secret(automation_id):
+    automation = _get_automation_or_404(automation_id)
+    action = domain.call_api_action(automation)
+    if action is None:
+        abort(404)
+    grace = current_app.config["SECRET_ROTATION_GRACE_SECONDS"]
+    domain.rotate_secret(action, grace)
+    flash(
+        f"New signing secret in use. The old one is also sent for {grace // 3600} hours.",
+        "success",
+    )
+    return redirect(url_for("automations.edit_automation", automation_id=automation.id))
+
+
 @bp.route("/<int:automation_id>/pause", methods=["POST"])
 @roles_required(*MANAGERS)
 def pause_automation(automation_id):
@@ -217,8 +248,12 @@ def pause_automation(automation_id):
 @roles_required(*MANAGERS)
 def resume_automation(automation_id):
     automation = _get_automation_or_404(automation_id)
-    held = domain.resume(automation)
-    flash(f"Resumed {automation.name}; {held} held deliveries queued.", "success")
+    replay = request.form.get("replay") == "yes"
+    held, replayed = domain.resume(automation, replay=replay)
+    message = f"Resumed {automation.name}; {held} held deliveries queued"
+    if replay:
+        message += f" and {replayed} missed events replayed"
+    flash(message + ".", "success")
     return redirect(url_for("automations.show_automation", automation_id=automation.id))
 
 
@@ -231,6 +266,23 @@ def delete_automation(automation_id):
     return redirect(url_for("automations.list_automations"))
 
 
+@bp.route("/<int:automation_id>/redeliver-failed", methods=["POST"])
+@roles_required(*MANAGERS)
+def redeliver_failed(automation_id):
+    automation = _get_automation_or_404(automation_id)
+    try:
+        since = datetime.fromisoformat(request.form.get("since", ""))
+    except ValueError:
+        flash("Enter the date and time to redeliver from, e.g. 2026-12-01T09:00.", "error")
+    else:
+        count = domain.redeliver_failed_since(automation, since)
+        flash(
+            f"{count} failed deliveries since {since:%Y-%m-%d %H:%M} UTC queued again.",
+            "success",
+        )
+    return redirect(url_for("automations.show_automation", automation_id=automation.id))
+
+
 @bp.route("/deliveries/<delivery_id>/redeliver", methods=["POST"])
 @roles_required(*MANAGERS)
 def redeliver(delivery_id):
@@ -239,6 +291,4 @@ def redeliver(delivery_id):
         abort(404)
     domain.redeliver(delivery)
     flash(f"Delivery {delivery.id} queued again.", "success")
-    return redirect(
-        url_for("automations.show_automation", automation_id=delivery.automation_id)
-    )
+    return redirect(url_for("automations.show_automation", automation_id=delivery.automation_id))

@@ -12,13 +12,25 @@ from .common import is_htmx
 log = logging.getLogger(__name__)
 
 MESSAGES = {
-    400: ("Bad request", "The request could not be understood. Reload the page and try again."),
-    403: ("Not allowed", "Your role does not allow this. Ask an admin of your account."),
-    404: ("Not found", "That page or record does not exist, or it belongs to another account."),
+    400: (
+        "Bad request",
+        "The request could not be understood. Reload the page and try again.",
+    ),
+    403: (
+        "Not allowed",
+        "Your role does not allow this. Ask an admin of your account.",
+    ),
+    404: (
+        "Not found",
+        "That page or record does not exist, or it belongs to another account.",
+    ),
     405: ("Not allowed", "That action cannot be done this way."),
     413: ("Too large", "The request is larger than the server accepts."),
     429: ("Too many requests", "Wait a minute, then try again."),
-    500: ("Something went wrong", "The error was logged. Try again; if it repeats, tell an admin."),
+    500: (
+        "Something went wrong",
+        "The error was logged. Try again; if it repeats, tell an admin.",
+    ),
 }
 
 

@@ -52,6 +52,4 @@ def healthz():
         checks["redis"] = "failed"
 
     healthy = all(value == "ok" for value in checks.values())
-    return jsonify(status="ok" if healthy else "failed", checks=checks), (
-        200 if healthy else 503
-    )
+    return jsonify(status="ok" if healthy else "failed", checks=checks), (200 if healthy else 503)

@@ -83,7 +83,11 @@ def edit_record(collection, record_id):
         )
         return redirect(url_for("records.list_records", collection=collection))
     return render_template(
-        "records/form.html", form=form, collection=collection, model=model, record=record
+        "records/form.html",
+        form=form,
+        collection=collection,
+        model=model,
+        record=record,
     )
 
 
