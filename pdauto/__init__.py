@@ -22,6 +22,7 @@ def create_app(config=None):
     """Build the web app; `config` overrides settings read from the environment."""
     app = Flask(__name__, instance_relative_config=False)
     load_config(app, config)
+    init_logging(app)
     init_extensions(app)
     register_blueprints(app)
     mount_rq_dashboard(app)
@@ -53,6 +54,14 @@ def load_config(app, overrides):
     app.config["RQ_DASHBOARD_REDIS_URL"] = app.config["REDIS_URL"]
     app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+
+
+def init_logging(app):
+    if app.config.get("TESTING"):
+        return  # pytest captures the records itself.
+    from .logs import configure_logging
+
+    configure_logging(app.config["PDAUTO_LOG_LEVEL"], app.config["PDAUTO_LOG_FORMAT"])
 
 
 def init_extensions(app):

@@ -83,4 +83,10 @@ def load_settings():
         "JOB_RESULT_TTL_SECONDS": _int("JOB_RESULT_TTL_SECONDS", 600),
         "JOB_FAILURE_TTL_SECONDS": _int("JOB_FAILURE_TTL_SECONDS", 7 * 86400),
         "WTF_CSRF_TIME_LIMIT": None,
+        # /metrics is served to a bearer of this token or to clients in these networks.
+        "PDAUTO_METRICS_TOKEN": os.environ.get("PDAUTO_METRICS_TOKEN"),
+        "PDAUTO_METRICS_NETWORKS": _list("PDAUTO_METRICS_NETWORKS", "127.0.0.0/8,::1/128"),
+        "PDAUTO_LOG_LEVEL": os.environ.get("PDAUTO_LOG_LEVEL", "INFO"),
+        # "text" or "json" (one JSON object per line).
+        "PDAUTO_LOG_FORMAT": os.environ.get("PDAUTO_LOG_FORMAT", "text"),
     }

@@ -23,7 +23,7 @@ from flask import current_app, render_template
 from flask_mail import Message
 from sqlalchemy import func, select, update
 
-from . import queue
+from . import metrics, queue
 from .extensions import db, mail
 from .models import Automation, FailureNotice, utcnow
 from .throttle import RollingLimiter
@@ -160,6 +160,7 @@ def send_pending_notices(address: str, now: datetime | None = None) -> str:
             _describe_ids(pending_ids),
         )
         _schedule(address, reservation.retry_at, now_ts)
+        metrics.record_emails(HELD)
         return HELD
 
     # Connect before claiming, so an unreachable server leaves nothing claimed.
@@ -167,6 +168,7 @@ def send_pending_notices(address: str, now: datetime | None = None) -> str:
     if connection is None:
         limiter.release(address, reservation.token)
         _schedule_smtp_retry(address, now_ts)
+        metrics.record_emails(SMTP_DOWN)
         return SMTP_DOWN
 
     try:
@@ -180,6 +182,8 @@ def send_pending_notices(address: str, now: datetime | None = None) -> str:
         _schedule_smtp_retry(address, now_ts)
     if status == SENT:
         queue.get_redis().delete(_smtp_failures_key(address))
+    if status != NOTHING:
+        metrics.record_emails(status)
     return status
 
 

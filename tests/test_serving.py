@@ -74,7 +74,8 @@ def _wait_until_up(base, process, log_path):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"gunicorn exited before it served /healthz:\n{log_path.read_text()}")
+            log_text = log_path.read_text()
+            raise AssertionError(f"gunicorn exited before it served /healthz:\n{log_text}")
         try:
             if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
                 return

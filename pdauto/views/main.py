@@ -1,9 +1,11 @@
-"""The home page and the health check."""
+"""The home page, the health check and the metrics."""
 
+import hmac
+import ipaddress
 import logging
 
 import redis
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask_login import current_user, login_required
 from sqlalchemy import text
 
@@ -53,3 +55,31 @@ def healthz():
 
     healthy = all(value == "ok" for value in checks.values())
     return jsonify(status="ok" if healthy else "failed", checks=checks), (200 if healthy else 503)
+
+
+@bp.route("/metrics")
+def metrics():
+    """Serve Prometheus metrics to the metrics token bearer or an allowed network."""
+    if not _metrics_allowed():
+        log.warning("metrics: request from %s rejected", request.remote_addr)
+        abort(403)
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from ..metrics import Collector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(current_app._get_current_object()))
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def _metrics_allowed():
+    token = current_app.config.get("PDAUTO_METRICS_TOKEN")
+    supplied = request.headers.get("Authorization", "")
+    if token and hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+        return True
+    try:
+        client = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    networks = current_app.config["PDAUTO_METRICS_NETWORKS"]
+    return any(client in ipaddress.ip_network(network) for network in networks)
