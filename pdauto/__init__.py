@@ -52,8 +52,16 @@ def load_config(app, overrides):
             "postgresql://", "postgresql+psycopg://", 1
         )
     app.config["RQ_DASHBOARD_REDIS_URL"] = app.config["REDIS_URL"]
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    # Flask's defaults exist already (SameSite None, Secure False), so setdefault
+    # would never apply: set them unless the caller's overrides did.
+    cookie_settings = {
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SECURE": app.config["PDAUTO_BASE_URL"].startswith("https://"),
+    }
+    for key, value in cookie_settings.items():
+        if key not in (overrides or {}):
+            app.config[key] = value
 
 
 def init_logging(app):

@@ -2,8 +2,10 @@
 
 import pytest
 
+from pdauto import create_app
 from pdauto.extensions import db
 from pdauto.models import Company, Deal, Event, Person
+from tests.conftest import login
 
 FORMS = {
     "people": (
@@ -89,7 +91,6 @@ def test_invalid_form_shows_message(manager_client):
 
 
 def test_other_account_record_is_not_found(app, users, manager_client):
-    from tests.conftest import login
 
     other = app.test_client()
     login(other, users["other"][1])
@@ -107,3 +108,22 @@ def test_pages_need_login(client):
         response = client.get(path)
         assert response.status_code == 302, path
         assert "/login" in response.headers["Location"], path
+
+
+def test_session_cookie_flags(tmp_path, redis_server):
+    plain = create_app({"TESTING": True, "PDAUTO_BASE_URL": "http://127.0.0.1:5000"})
+    served_over_https = create_app({"TESTING": True, "PDAUTO_BASE_URL": "https://crm.example.com"})
+
+    assert plain.config["SESSION_COOKIE_SECURE"] is False
+    assert served_over_https.config["SESSION_COOKIE_SECURE"] is True
+    assert served_over_https.config["SESSION_COOKIE_HTTPONLY"] is True
+    assert served_over_https.config["SESSION_COOKIE_SAMESITE"] == "Lax"
+
+
+def test_login_cookie_header(client, users):
+    response = login(client, users["manager"][1])
+
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Secure" not in cookie
