@@ -95,12 +95,13 @@ def init_extensions(app):
 
 
 def register_blueprints(app):
-    from .views import auth, automations, main, records
+    from .views import auth, automations, main, records, users
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
     app.register_blueprint(records.bp)
     app.register_blueprint(automations.bp)
+    app.register_blueprint(users.bp)
 
 
 def mount_rq_dashboard(app):

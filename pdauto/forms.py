@@ -153,3 +153,34 @@ class TestNowForm(CallApiFields, FlaskForm):
     event_action = SelectField(choices=[SelectChoice(action) for action in EVENT_ACTIONS])
     automation_id = IntegerField(validators=[Optional()])
     signing_secret = HiddenField(validators=[Optional(), Regexp(SECRET_PATTERN)])
+
+
+ROLE_CHOICES = [
+    SelectChoice("rep", "Rep: works on records and their own tasks"),
+    SelectChoice("manager", "Manager: also builds automations"),
+    SelectChoice("admin", "Admin: also manages users and sees the queues"),
+]
+PASSWORD_LENGTH = Length(min=10, max=200, message="Use 10 to 200 characters.")
+
+
+class NewUserForm(FlaskForm):
+    email = EmailField(
+        "Email",
+        validators=[DataRequired(), Email(check_deliverability=False), Length(max=254)],
+        filters=[strip],
+    )
+    role = SelectField("Role", choices=ROLE_CHOICES, default="rep")
+    password = PasswordField(
+        "Password",
+        validators=[DataRequired(), PASSWORD_LENGTH],
+        description="Give it to the user; they can change it once logged in.",
+    )
+
+
+class EditUserForm(FlaskForm):
+    role = SelectField("Role", choices=ROLE_CHOICES)
+
+
+class ChangePasswordForm(FlaskForm):
+    current_password = PasswordField("Current password", validators=[DataRequired()])
+    new_password = PasswordField("New password", validators=[DataRequired(), PASSWORD_LENGTH])
