@@ -1,12 +1,17 @@
 """The RQ dashboard, mounted at /rq for admins only."""
 
+import logging
 from urllib.parse import urlsplit
 
+import redis
 import rq_dashboard
 from flask import abort, request
 from flask_login import current_user
+from rq.exceptions import NoSuchJobError
 
 from .extensions import csrf, login_manager
+
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "/rq"
 
@@ -22,6 +27,32 @@ def mount(app):
     # An app-level hook runs before the blueprint's own hooks, so no
     # dashboard code runs for a user who may not see it.
     app.before_request(guard_dashboard)
+    app.register_error_handler(NoSuchJobError, job_not_found)
+    app.register_error_handler(redis.exceptions.ResponseError, redis_command_failed)
+
+
+def job_not_found(error):
+    from .views.errors import render_error
+
+    return render_error(
+        404,
+        "Job not found",
+        "The job finished and its record expired, or it was deleted. Go back to the queue list.",
+    )
+
+
+def redis_command_failed(error):
+    """Render a 409 page for a dashboard action that Redis rejected (an empty queue, say)."""
+    from .views.errors import render_error
+
+    log.warning("RQ dashboard: Redis rejected %s %s: %s", request.method, request.path, error)
+    if request.blueprint != rq_dashboard.blueprint.name:
+        return render_error(500)
+    return render_error(
+        409,
+        "Queue action failed",
+        f"Redis rejected the action ({error}). The queue may be empty; reload the queue list.",
+    )
 
 
 def guard_dashboard():

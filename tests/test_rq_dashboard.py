@@ -48,3 +48,13 @@ def test_cross_site_post_is_refused(app, users):
     )
 
     assert response.status_code == 403
+
+
+def test_missing_job_is_404(app, users):
+    client = app.test_client()
+    login(client, users["admin"][1])
+
+    response = client.get("/rq/0/view/job/no-such-job")
+
+    assert response.status_code == 404
+    assert "Job not found" in response.text
