@@ -4,26 +4,70 @@ import logging
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from .extensions import db
 from .models import ROLES, Account, User
 
 
 def register(app):
+    app.cli.add_command(create_account)
+    app.cli.add_command(reset_password)
     app.cli.add_command(create_user)
     app.cli.add_command(worker)
     app.cli.add_command(sweep)
 
 
+@click.command("create-account")
+@with_appcontext
+@click.argument("name")
+def create_account(name):
+    """Create an account with no users yet."""
+    name = name.strip()
+    if not name:
+        raise click.ClickException("the account name must not be empty")
+    if db.session.scalar(db.select(Account).where(Account.name == name)):
+        raise click.ClickException(f"an account named {name!r} exists already")
+    db.session.add(Account(name=name))
+    db.session.commit()
+    click.echo(f"created account {name!r}")
+
+
+@click.command("reset-password")
+@with_appcontext
+@click.argument("email")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+def reset_password(email, password):
+    """Set a new password for a user, for example one who forgot theirs."""
+    email = email.strip().lower()
+    user = db.session.scalar(db.select(User).where(User.email == email))
+    if user is None:
+        raise click.ClickException(f"no user with the email {email}")
+    if len(password) < 8:
+        raise click.ClickException("the password must have at least 8 characters")
+    user.set_password(password)
+    db.session.commit()
+    click.echo(f"new password set for {email}")
+
+
 @click.command("create-user")
+@with_appcontext
 @click.argument("email")
 @click.option("--password", required=True, help="The password to log in with.")
 @click.option("--account", "account_name", required=True, help="Account name; created if new.")
 @click.option("--role", type=click.Choice(ROLES), default="manager", show_default=True)
-def create_user(email, password, account_name, role):
+@click.option(
+    "--if-missing",
+    is_flag=True,
+    help="If a user with this email exists, leave it unchanged and exit with status 0.",
+)
+def create_user(email, password, account_name, role, if_missing):
     """Create a user, and the account if it is new."""
     email = email.strip().lower()
     if db.session.scalar(db.select(User).where(User.email == email)):
+        if if_missing:
+            click.echo(f"user {email} already exists, left unchanged")
+            return
         raise click.ClickException(f"a user with the email {email} already exists")
     if len(password) < 8:
         raise click.ClickException("the password must have at least 8 characters")
@@ -40,6 +84,7 @@ def create_user(email, password, account_name, role):
 
 
 @click.command("worker")
+@with_appcontext
 @click.option("--burst", is_flag=True, help="Stop once the queues are empty.")
 @click.option("--no-sweep", is_flag=True, help="Do not run the periodic sweep here.")
 @click.option("--name", default=None, help="Worker name shown on the RQ dashboard.")
@@ -47,9 +92,14 @@ def worker(burst, no_sweep, name):
     """Run an RQ worker with its scheduler, inside the app context."""
     from .worker import SweepThread, make_worker
 
+    # pdauto's own records go through the handler that create_app set up; this
+    # adds one for RQ's records and anything else that reaches the root logger.
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    pdauto_logger = logging.getLogger("pdauto")
+    if any(getattr(handler, "pdauto_handler", False) for handler in pdauto_logger.handlers):
+        pdauto_logger.propagate = False
     app = current_app._get_current_object()
     sweep_thread = None
     if not no_sweep and not burst:
@@ -63,6 +113,7 @@ def worker(burst, no_sweep, name):
 
 
 @click.command("sweep")
+@with_appcontext
 def sweep():
     """Queue events and deliveries that were missed, once."""
     from .worker import run_sweep_once
