@@ -829,6 +829,8 @@ class Sender:
         for name in recorded:
             if name.lower() == "authorization":
                 recorded[name] = _mask_authorization(recorded[name])
+            elif SECRET_HEADER_WORDS.search(name):
+                recorded[name] = "***"
         return _Prepared(target, body, headers, recorded, mask_url(target.url))
 
     def _exchange(self, prepared, started):
@@ -1027,6 +1029,13 @@ def _host_header(target):
     if target.port != DEFAULT_PORTS[target.scheme]:
         host += f":{target.port}"
     return host
+
+
+# Custom headers whose names contain one of these words usually carry
+# credentials, so the delivery log shows their values masked.
+SECRET_HEADER_WORDS = re.compile(
+    r"auth|token|key|secret|password|passwd|session|cookie|credential|signature", re.IGNORECASE
+)
 
 
 def _mask_authorization(value):
