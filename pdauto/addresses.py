@@ -127,7 +127,10 @@ class AddressPolicy:
             raise AddressNotAllowed(address, reason, host)
 
     def is_allowed_network(self, address):
-        embedded = embedded_ipv4(address)
+        # Only an IPv4-mapped address reaches its IPv4 host directly. NAT64 and
+        # 6to4 addresses go through a gateway, so allowing 127.0.0.0/8 must not
+        # let them through: the gateway may be anywhere.
+        embedded = address.ipv4_mapped if address.version == 6 else None
         return any(
             candidate in network
             for network in self.allowed_networks

@@ -66,6 +66,9 @@ def app(tmp_path, redis_client, redis_server, smtp_server, app_overrides):
         _db.session.remove()
         _db.drop_all()
         _db.engine.dispose()
+    redis_client = app.extensions.get("pdauto_redis")
+    if redis_client is not None:
+        redis_client.close()
 
 
 @pytest.fixture

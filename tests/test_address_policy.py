@@ -121,6 +121,13 @@ def test_allowed_networks_refuse_the_rest(address):
         AddressPolicy.from_strings(LOOPBACK_NETWORKS).check(address)
 
 
+@pytest.mark.parametrize("address", ["64:ff9b::7f00:1", "2002:7f00:1::"])
+def test_gateway_forms_not_allowed_by_loopback(address):
+    """NAT64 and 6to4 forms of 127.0.0.1 lead to a gateway, not to this machine."""
+    with pytest.raises(AddressNotAllowed):
+        AddressPolicy.from_strings(LOOPBACK_NETWORKS).check(address)
+
+
 def test_from_strings_splits_text():
     policy = AddressPolicy.from_strings("127.0.0.0/8, ::1/128")
 
