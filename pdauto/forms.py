@@ -1,5 +1,9 @@
 """Forms for records, automations and login."""
 
+import ipaddress
+from urllib.parse import urlsplit
+
+from flask import current_app
 from flask_wtf import FlaskForm
 from wtforms import (
     DecimalField,
@@ -24,7 +28,13 @@ from wtforms.validators import (
 )
 
 from .models import CONTENT_TYPES, DEAL_STATUSES, EVENT_ACTIONS, EVENT_MODELS
-from .webhooks import InvalidURL, normalize_url, validate_custom_headers
+from .webhooks import (
+    AddressNotAllowed,
+    AddressPolicy,
+    InvalidURL,
+    normalize_url,
+    validate_custom_headers,
+)
 
 # A Standard Webhooks secret: "whsec_" and base64.
 SECRET_PATTERN = r"^whsec_[A-Za-z0-9+/]{24,}={0,2}$"
@@ -73,6 +83,31 @@ def validate_webhook_url(form, field):
         field.data = normalize_url(field.data or "")
     except InvalidURL as error:
         raise ValidationError(str(error)) from None
+
+
+def validate_url_address(form, field):
+    """Reject a URL whose host is an IP address or localhost that the address policy refuses.
+
+    A test proof can outlive a change of PDAUTO_ALLOWED_NETWORKS, so Save checks
+    again. Host names are checked only when a request connects, because the
+    addresses they resolve to can change.
+    """
+    if field.errors:
+        return
+    host = urlsplit(field.data).hostname or ""
+    name = host.rstrip(".")
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        if name != "localhost" and not name.endswith(".localhost"):
+            return
+        addresses = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    policy = AddressPolicy.from_strings(current_app.config["PDAUTO_ALLOWED_NETWORKS"])
+    for address in addresses:
+        try:
+            policy.check(address, host=host)
+        except AddressNotAllowed as error:
+            raise ValidationError(str(error)) from None
 
 
 def parse_header_lines(text):
@@ -145,6 +180,9 @@ class AutomationForm(CallApiFields, FlaskForm):
     )
     test_proof = HiddenField()
     signing_secret = HiddenField(validators=[Optional(), Regexp(SECRET_PATTERN)])
+
+    def validate_url(self, field):
+        validate_url_address(self, field)
 
 
 class TestNowForm(CallApiFields, FlaskForm):

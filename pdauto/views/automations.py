@@ -142,12 +142,15 @@ def test_now():
     if outcome.succeeded:
         fingerprint = proofs.request_fingerprint(url, form.content_type.data, headers)
         proof = proofs.issue_proof(current_user.account_id, fingerprint)
+    # The browser enables Save only when this equals the URL field's text, so it
+    # is the URL as typed, not the normalized one that was sent.
+    typed_url = form.url.raw_data[0] if form.url.raw_data else ""
     return render(
         "automations/_test_result.html",
         "automations/_test_result.html",
         outcome=outcome,
         proof=proof,
-        tested_url=form.url.data,
+        tested_url=typed_url,
         form_errors=[],
     )
 
