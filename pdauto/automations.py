@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from . import deliveries, proofs, queue
+from . import conditions, deliveries, proofs, queue
 from .extensions import db
 from .models import Action, Automation, Delivery, Event, new_signing_secret, utcnow
 from .webhooks import mask_url
@@ -102,11 +102,25 @@ def missed_event_count(automation):
     """Count the matching events that happened while the automation was paused."""
     if automation.paused_at is None:
         return 0
+    if automation.conditions:
+        return len(_missed_events(automation, automation.paused_at))
     return db.session.scalar(
         db.select(db.func.count(Event.id)).where(
             *_missed_events_filter(automation, automation.paused_at)
         )
     )
+
+
+def _missed_events(automation, since, exclude=None):
+    """Return the ids of events since `since` that the automation's trigger and conditions fit."""
+    query = db.select(Event).where(*_missed_events_filter(automation, since)).order_by(Event.id)
+    if exclude is not None:
+        query = query.where(Event.id.not_in(exclude))
+    return [
+        event.id
+        for event in db.session.scalars(query)
+        if conditions.conditions_match(automation.conditions, event)
+    ]
 
 
 def _missed_events_filter(automation, since):
@@ -124,11 +138,7 @@ def replay_events(automation, since):
     if action is None:
         return 0
     delivered = db.select(Delivery.event_id).where(Delivery.action_id == action.id)
-    event_ids = db.session.scalars(
-        db.select(Event.id)
-        .where(*_missed_events_filter(automation, since), Event.id.not_in(delivered))
-        .order_by(Event.id)
-    ).all()
+    event_ids = _missed_events(automation, since, exclude=delivered)
     now = utcnow()
     rows = [
         Delivery(

@@ -3,6 +3,7 @@
 from datetime import date, datetime
 from decimal import Decimal
 
+from . import conditions
 from .extensions import db
 from .models import Automation, Event, utcnow
 
@@ -43,6 +44,7 @@ def record_change(record, action, changes=None):
         action=action,
         record_id=record.id,
         changes=changes or {},
+        record=snapshot(record),
         occurred_at=utcnow(),
     )
     db.session.add(event)
@@ -50,8 +52,8 @@ def record_change(record, action, changes=None):
 
 
 def matching_automations(event):
-    """Return the active automations of the event's account whose trigger fits it."""
-    return db.session.scalars(
+    """Return the active automations of the event's account whose trigger and conditions fit it."""
+    candidates = db.session.scalars(
         db.select(Automation)
         .where(
             Automation.account_id == event.account_id,
@@ -62,3 +64,8 @@ def matching_automations(event):
         )
         .order_by(Automation.id)
     ).all()
+    return [
+        automation
+        for automation in candidates
+        if conditions.conditions_match(automation.conditions, event)
+    ]

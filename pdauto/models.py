@@ -172,6 +172,9 @@ class Event(db.Model):
     action = db.Column(db.String(16), nullable=False)
     record_id = db.Column(db.Integer, nullable=False)
     changes = db.Column(JSON, nullable=False, default=dict)
+    # The record's tracked fields after the change (as they were, for a delete),
+    # so conditions are checked against the record at the time of the change.
+    record = db.Column(JSON, nullable=False, default=dict)
     occurred_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     # Set once the event has been matched to automations and its deliveries exist.
     dispatched_at = db.Column(db.DateTime, nullable=True)
