@@ -3,7 +3,8 @@
 A delivery moves pending -> sending -> succeeded, or back to pending with a
 later next_attempt_at, or to failed after the last attempt. The move to
 sending is a conditional UPDATE, so only one worker sends a given attempt, and
-the lease lets the sweep take back a delivery whose worker died.
+the lease lets the sweep take back a delivery whose worker died. A retry waits
+in the database as next_attempt_at, and the sweep queues it when it is due.
 """
 
 import logging
@@ -13,7 +14,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import update
 
-from . import events, notify, queue
+from . import events, metrics, notify, queue
 from .extensions import db
 from .models import Attempt, Automation, Delivery, Event, FailureNotice, utcnow
 from .webhooks import WebhookRequest, mask_url
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # Attempt fields are capped to their column sizes.
 MAX_ERROR_LENGTH = 500
+
+# The most rows of each kind that one sweep queues. The next sweep takes the rest.
+SWEEP_BATCH_SIZE = 1000
 
 
 def build_payload(automation, event):
@@ -103,6 +107,9 @@ def dispatch_event(event_id):
 
 def claim(delivery_id, now):
     """Move a due delivery to sending under a lease; return whether it was claimed."""
+    # NOTE: nothing checks that the lease outlasts DELIVERY_TIMEOUT_SECONDS. If it
+    # does not, the sweep can start a second attempt while the first is still
+    # sending, and whichever attempt finishes last sets the delivery's state.
     lease = timedelta(seconds=current_app.config["DELIVERY_LEASE_SECONDS"])
     claimed = db.session.execute(
         update(Delivery)
@@ -151,6 +158,7 @@ def attempt_delivery(delivery_id, sender):
     state = _apply_outcome(delivery, attempt, outcome, now)
     db.session.commit()
 
+    metrics.record_attempt(outcome.kind, outcome.duration_ms / 1000)
     _after_commit(delivery, outcome)
     return state
 
@@ -291,18 +299,10 @@ def _notice(automation, action, now, kind, error):
 
 
 def _after_commit(delivery, outcome):
-    if outcome.succeeded:
-        return
-    if delivery.action.failure_email:
+    # A retry is not queued here, because the sweep queues it once next_attempt_at
+    # has come. So retries that are waiting take no room in Redis.
+    if not outcome.succeeded and delivery.action.failure_email:
         queue.enqueue_notices(delivery.action.failure_email)
-    if delivery.state == "pending":
-        queue.enqueue_delivery(delivery.id, at=_aware(delivery.next_attempt_at))
-
-
-def _aware(naive_utc):
-    from datetime import UTC
-
-    return naive_utc.replace(tzinfo=UTC)
 
 
 def pause_automation(automation, reason):
@@ -334,9 +334,12 @@ def resume_automation(automation):
 
 
 def sweep(now=None, grace_seconds=30):
-    """Queue the work that a lost job or a dead worker left behind.
+    """Queue due retries and the work that a lost job or a dead worker left behind.
 
-    Returns counts of what it queued, for logs and tests.
+    Events and deliveries are queued unless their job is already waiting, so
+    the sweep may run at any time. Failure emails are queued only for notices
+    older than `grace_seconds`, because their jobs are not de-duplicated.
+    Returns counts of the expired leases and of what it queued, for logs and tests.
     """
     now = now or utcnow()
     grace = timedelta(seconds=grace_seconds)
@@ -347,33 +350,33 @@ def sweep(now=None, grace_seconds=30):
         .values(state="pending", next_attempt_at=now, lease_expires_at=None)
     ).rowcount
     db.session.commit()
+    if expired:
+        log.warning("sweep took back %d deliveries whose lease expired", expired)
 
     event_ids = db.session.scalars(
         db.select(Event.id)
-        .where(Event.dispatched_at.is_(None), Event.occurred_at < now - grace)
+        .where(Event.dispatched_at.is_(None), Event.occurred_at <= now)
         .order_by(Event.id)
-        .limit(1000)
+        .limit(SWEEP_BATCH_SIZE)
     ).all()
-    for event_id in event_ids:
-        queue.enqueue_dispatch(event_id)
+    events_queued = queue.enqueue_dispatches(event_ids)
 
     due_ids = db.session.scalars(
         db.select(Delivery.id)
         .where(
             Delivery.state == "pending",
-            Delivery.next_attempt_at < now - grace,
+            Delivery.next_attempt_at <= now,
         )
         .order_by(Delivery.next_attempt_at)
-        .limit(1000)
+        .limit(SWEEP_BATCH_SIZE)
     ).all()
-    for delivery_id in due_ids:
-        queue.enqueue_delivery(delivery_id)
+    deliveries_queued = queue.enqueue_deliveries(due_ids)
 
     addresses = db.session.scalars(
         db.select(FailureNotice.address)
         .where(FailureNotice.state == "pending", FailureNotice.occurred_at < now - grace)
         .distinct()
-        .limit(1000)
+        .limit(SWEEP_BATCH_SIZE)
     ).all()
     addresses = [address for address in addresses if not queue.notices_scheduled(address)]
     for address in addresses:
@@ -381,8 +384,8 @@ def sweep(now=None, grace_seconds=30):
 
     counts = {
         "leases_expired": expired,
-        "events": len(event_ids),
-        "deliveries": len(due_ids),
+        "events": events_queued,
+        "deliveries": deliveries_queued,
         "notice_addresses": len(addresses),
     }
     if any(counts.values()):

@@ -28,8 +28,7 @@ def get_sender():
 def dispatch_event(event_id):
     """Create an event's deliveries and queue them."""
     delivery_ids = deliveries.dispatch_event(event_id)
-    for delivery_id in delivery_ids:
-        queue.enqueue_delivery(delivery_id)
+    queue.enqueue_deliveries(delivery_ids)
     return len(delivery_ids)
 
 

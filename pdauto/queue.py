@@ -1,7 +1,10 @@
 """The Redis connection, the queues, and the helpers that enqueue jobs.
 
 Timeouts, result TTLs and failure TTLs are set here, in one place, so that
-Redis memory stays bounded however many jobs run.
+Redis memory stays bounded however many jobs run. The jobs below keep no
+result in Redis, because the database records what they did. Each event or
+delivery has at most one waiting job, because the job id is derived from the
+row id and a job that is already waiting is not queued again.
 """
 
 import hashlib
@@ -10,7 +13,7 @@ import logging
 import redis
 from flask import current_app
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +47,17 @@ def all_queues():
     return [get_queue(name) for name in QUEUE_NAMES]
 
 
-def _enqueue(queue_name, func, *args, at=None, job_id=None, timeout=60):
+# Jobs in these states will run without being queued again.
+WAITING_STATUSES = frozenset({JobStatus.QUEUED.value, JobStatus.SCHEDULED.value})
+
+
+def _enqueue(queue_name, func, *args, at=None, job_id=None, timeout=60, result_ttl=None):
     config = current_app.config
+    if result_ttl is None:
+        result_ttl = config["JOB_RESULT_TTL_SECONDS"]
     options = {
         "job_timeout": timeout,
-        "result_ttl": config["JOB_RESULT_TTL_SECONDS"],
+        "result_ttl": result_ttl,
         "failure_ttl": config["JOB_FAILURE_TTL_SECONDS"],
         "ttl": 86400,
     }
@@ -78,16 +87,86 @@ def try_enqueue(queue_name, func, *args, **options):
         return None
 
 
+def _row_job_id(kind, row_id):
+    return f"{current_app.config['PDAUTO_REDIS_PREFIX']}-{kind}-{row_id}"
+
+
+def _waiting_job_ids(job_ids):
+    """Return the ids among `job_ids` whose job is queued or scheduled to run."""
+    client = get_redis()
+    pipeline = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipeline.hget(Job.key_for(job_id), "status")
+    statuses = pipeline.execute()
+    return {
+        job_id
+        for job_id, status in zip(job_ids, statuses, strict=True)
+        if status is not None and status.decode() in WAITING_STATUSES
+    }
+
+
+def _enqueue_row_jobs(kind, func, row_ids):
+    """Queue `func(row_id)` for each row without a waiting job, and return how many were queued.
+
+    A job that has started is queued again, because its worker may have died.
+    If that worker is in fact alive, the second job finds the row already
+    claimed and does nothing. Raises redis.RedisError when Redis is unreachable.
+    """
+    job_ids = {row_id: _row_job_id(kind, row_id) for row_id in row_ids}
+    waiting = _waiting_job_ids(list(job_ids.values()))
+    queued = 0
+    for row_id, job_id in job_ids.items():
+        if job_id in waiting:
+            continue
+        # The database stores what the job did, so no result is kept in Redis.
+        _enqueue("deliveries", func, row_id, job_id=job_id, result_ttl=0)
+        queued += 1
+    return queued
+
+
+def _try_enqueue_row_jobs(kind, func, row_ids):
+    """Like _enqueue_row_jobs, but log and return 0 when Redis is unreachable."""
+    if not row_ids:
+        return 0
+    try:
+        return _enqueue_row_jobs(kind, func, row_ids)
+    except redis.RedisError as error:
+        log.warning(
+            "could not queue %s jobs for %d rows (first %s), the sweep will retry: %s",
+            kind,
+            len(row_ids),
+            row_ids[0],
+            error,
+        )
+        return 0
+
+
 def enqueue_dispatch(event_id):
+    """Queue the dispatch of one event unless it is already waiting, and return 1 or 0."""
+    return enqueue_dispatches([event_id])
+
+
+def enqueue_dispatches(event_ids):
+    """Queue the dispatch of each event that is not already waiting, and return how many."""
     from . import jobs
 
-    return try_enqueue("deliveries", jobs.dispatch_event, event_id)
+    return _try_enqueue_row_jobs("dispatch", jobs.dispatch_event, list(event_ids))
 
 
-def enqueue_delivery(delivery_id, at=None):
+def enqueue_delivery(delivery_id):
+    """Queue an attempt of one delivery unless one is already waiting, and return 1 or 0.
+
+    Retries are not scheduled in Redis. The delivery row keeps the time of its
+    next attempt, and the sweep queues it once that time has come.
+    """
+    return enqueue_deliveries([delivery_id])
+
+
+def enqueue_deliveries(delivery_ids):
+    """Queue an attempt of each delivery without a waiting job, and return how many."""
     from . import jobs
 
-    return try_enqueue("deliveries", jobs.deliver, delivery_id, at=at)
+    return _try_enqueue_row_jobs("deliver", jobs.deliver, list(delivery_ids))
 
 
 def _notices_job_id(address):
@@ -99,12 +178,15 @@ def enqueue_notices(address, at=None):
     """Queue the failure emails of an address, now or at a later time.
 
     A later send has a fixed job id per address, so however often it is
-    scheduled, one job is waiting per address.
+    scheduled, one job is waiting per address. The notice rows record what
+    was sent, so no result is kept in Redis.
     """
     from . import jobs
 
     job_id = _notices_job_id(address) if at is not None else None
-    return try_enqueue("notices", jobs.send_failure_notices, address, at=at, job_id=job_id)
+    return try_enqueue(
+        "notices", jobs.send_failure_notices, address, at=at, job_id=job_id, result_ttl=0
+    )
 
 
 def notices_scheduled(address):

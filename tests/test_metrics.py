@@ -5,9 +5,11 @@ from datetime import datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pdauto import metrics, notify, queue
+from pdauto import crm, metrics, notify, queue
 from pdauto.extensions import db
 from pdauto.models import Account, Automation
+from tests.conftest import run_jobs
+from tests.factories import make_automation
 
 
 def samples(text):
@@ -109,3 +111,17 @@ def test_email_outcomes_counted(app, client, smtp_server):
 
     assert values[("pdauto_failure_emails_total", (("outcome", "sent"),))] == 5
     assert values[("pdauto_failure_emails_total", (("outcome", "held"),))] == 2
+
+
+def test_delivery_attempts_counted(app, users, client, receiver):
+    receiver.respond("/hook", status=204)
+    with app.app_context():
+        make_automation(users["manager"][2], receiver.url("/hook"))
+        crm.create_record("deal", users["manager"][2], {"name": "Big deal", "value": 1})
+    run_jobs(app)
+
+    values = samples(client.get("/metrics").text)
+
+    assert values[("pdauto_delivery_attempts_total", (("outcome", "success"),))] == 1
+    assert values[("pdauto_delivery_attempt_seconds_count", ())] == 1
+    assert values[("pdauto_deliveries", (("state", "succeeded"),))] == 1
