@@ -13,12 +13,15 @@
   });
 
   // htmx 2 does not swap error responses; show them in the target instead of
-  // failing silently.
+  // failing silently. A stale Test Now response is never swapped (see below).
   document.addEventListener("htmx:beforeSwap", function (event) {
     var status = event.detail.xhr.status;
     if (status >= 400) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
+    }
+    if (isStaleTest(event.detail.xhr)) {
+      event.detail.shouldSwap = false;
     }
   });
 
@@ -35,8 +38,27 @@
   });
 
   // The builder: Save is enabled only by a 2xx test of the settings now in the form.
-  function builder() {
-    return document.getElementById("builder");
+  // testGeneration increases on every press of Test Now and every change to a request
+  // setting. A Test Now request remembers the generation it was sent in, and only a
+  // response for the current generation is shown, so a late 2xx for a previous URL or a
+  // superseded press can never enable Save. Requests are superseded this way rather
+  // than aborted because htmx 2.0.11 logs every aborted request as a console error.
+  var testGeneration = 0;
+
+  function isTestRequest(element) {
+    return Boolean(element && element.id === "test-now-button");
+  }
+
+  function isStaleTest(xhr) {
+    var generation = xhr.pdautoTestGeneration;
+    return generation !== undefined && generation !== testGeneration;
+  }
+
+  function setProgressShown(shown) {
+    var progress = document.getElementById("test-progress");
+    if (progress) {
+      progress.classList.toggle("superseded", !shown);
+    }
   }
 
   function setSaveEnabled(enabled) {
@@ -46,7 +68,17 @@
     }
   }
 
+  function setSaveHint(text) {
+    var hint = document.getElementById("save-hint");
+    if (hint) {
+      hint.textContent = text;
+    }
+  }
+
   function clearTest() {
+    testGeneration += 1;
+    // A test still running is for the old settings, so its response will be dropped.
+    setProgressShown(false);
     var proof = document.getElementById("test_proof");
     if (proof) {
       proof.value = "";
@@ -56,20 +88,35 @@
       result.innerHTML = "";
     }
     setSaveEnabled(false);
-    var hint = document.getElementById("save-hint");
-    if (hint) {
-      hint.textContent = "The request settings changed: press Test Now again before saving.";
-    }
+    setSaveHint("The request settings changed: press Test Now again before saving.");
+  }
+
+  function isRequestSetting(target) {
+    return Boolean(target.closest && target.closest("[data-request-setting]"));
   }
 
   document.addEventListener("input", function (event) {
-    if (event.target.closest && event.target.closest("[data-request-setting]")) {
+    if (isRequestSetting(event.target)) {
       clearTest();
     }
   });
   document.addEventListener("change", function (event) {
-    if (event.target.closest && event.target.closest("[data-request-setting]")) {
+    if (isRequestSetting(event.target)) {
       clearTest();
+    }
+  });
+
+  // htmx:confirm fires on each press before htmx sends or queues the request.
+  document.addEventListener("htmx:confirm", function (event) {
+    if (isTestRequest(event.detail.elt)) {
+      testGeneration += 1;
+      setProgressShown(true);
+    }
+  });
+
+  document.addEventListener("htmx:beforeSend", function (event) {
+    if (isTestRequest(event.detail.elt)) {
+      event.detail.xhr.pdautoTestGeneration = testGeneration;
     }
   });
 
@@ -78,22 +125,18 @@
       return;
     }
     var outcome = document.getElementById("test-outcome");
-    var form = builder();
-    if (!outcome || !form) {
+    var proof = document.getElementById("test_proof");
+    if (!outcome || !proof) {
       return;
     }
-    var url = form.querySelector('[name="url"]');
-    // A late answer to a test of an older URL must not enable Save.
-    var current = outcome.getAttribute("data-tested-url") === (url ? url.value : "");
-    var succeeded = outcome.getAttribute("data-succeeded") === "true";
-    var proof = document.getElementById("test_proof");
-    if (succeeded && current) {
+    if (outcome.getAttribute("data-succeeded") === "true") {
       proof.value = outcome.getAttribute("data-proof");
       setSaveEnabled(true);
-      document.getElementById("save-hint").textContent = "The URL answered 2xx: you can save.";
+      setSaveHint("The URL answered 2xx: you can save.");
     } else {
       proof.value = "";
       setSaveEnabled(false);
+      setSaveHint("Save is enabled once a test answers 2xx: fix what failed, then press Test Now again.");
     }
   });
 })();
