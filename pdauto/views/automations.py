@@ -10,6 +10,7 @@ from .. import automations as domain
 from .. import deliveries, proofs
 from ..extensions import db
 from ..forms import AutomationForm, TestNowForm
+from ..health import health_by_automation
 from ..models import Attempt, Automation, Delivery, new_signing_secret
 from ..webhooks import AddressPolicy, Sender, WebhookRequest, mask_url
 from .common import render, roles_required
@@ -42,7 +43,9 @@ def list_automations():
         )
         .order_by(Automation.name)
     ).all()
-    return render("automations/list.html", automations=automations)
+    return render(
+        "automations/list.html", automations=automations, health=health_by_automation(automations)
+    )
 
 
 def _render_builder(form, automation=None, status=200):

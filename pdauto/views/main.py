@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from .. import queue
 from ..extensions import db
+from ..health import health_by_automation
 from ..models import Automation, Delivery
 from .common import render
 
@@ -34,7 +35,15 @@ def home():
         .order_by(Delivery.created_at.desc())
         .limit(10)
     ).all()
-    return render("main/home.html", automations=automations, recent=recent)
+    health = health_by_automation(automations)
+    attention = [automation for automation in automations if health[automation.id].needs_attention]
+    return render(
+        "main/home.html",
+        automations=automations,
+        recent=recent,
+        health=health,
+        attention=attention,
+    )
 
 
 @bp.route("/healthz")
