@@ -4,7 +4,7 @@ import pytest
 
 from pdauto import crm
 from pdauto.extensions import db
-from pdauto.models import Attempt, Automation, Delivery
+from pdauto.models import Attempt, Automation, Delivery, FailureNotice
 from tests.conftest import run_jobs
 from tests.factories import make_automation
 
@@ -243,3 +243,24 @@ def test_connection_refused_recorded(app, users, smtp_server):
         assert attempt.outcome == "connection_refused"
         assert "refused" in attempt.error
     assert len(smtp_server.messages) == 1
+
+
+@pytest.mark.parametrize("status", [201, 202, 204])
+def test_empty_2xx_succeeds_without_retry_or_email(app, users, receiver, smtp_server, status):
+    account_id = users["manager"][2]
+    receiver.respond("/hook", status=status)
+    with app.app_context():
+        make_automation(account_id, receiver.url("/hook"))
+        change("deal", "created", account_id)
+
+    run_jobs(app)
+
+    receiver.wait_for_requests(1)
+    with app.app_context():
+        delivery = db.session.scalar(db.select(Delivery))
+        assert delivery.state == "succeeded"
+        assert delivery.next_attempt_at is None or delivery.completed_at is not None
+        assert delivery.attempt_count == 1
+        assert db.session.scalar(db.select(db.func.count(FailureNotice.id))) == 0
+    assert len(receiver.requests) == 1
+    assert smtp_server.messages == []
