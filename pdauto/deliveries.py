@@ -219,11 +219,6 @@ def _apply_outcome(delivery, attempt, outcome, now):
         return delivery.state
 
     action = delivery.action
-    if outcome.kind == "gone":
-        pause_automation(automation, f"the URL answered 410 Gone ({outcome.request_url})")
-    else:
-        _check_auto_pause(automation, action, now)
-
     delay = retry_delay(delivery.attempt_count, outcome) if outcome.retryable else None
     if delay is None:
         delivery.state = "failed"
@@ -245,6 +240,12 @@ def _apply_outcome(delivery, attempt, outcome, now):
             attempt_id=attempt.id,
             kind="gone" if outcome.kind == "gone" else "failure",
         )
+    # The email shows the newest notice in full, so a warning or pause notice
+    # is recorded after the failure notice of the same attempt.
+    if outcome.kind == "gone":
+        pause_automation(automation, f"the URL answered 410 Gone ({outcome.request_url})")
+    else:
+        _check_auto_pause(automation, action, now)
     log.warning(
         "delivery %s attempt %d failed (%s): %s; now %s",
         delivery.id,
@@ -318,6 +319,10 @@ def resume_automation(automation):
     automation.active = True
     automation.paused_at = None
     automation.pause_reason = ""
+    # The period of unbroken failure starts again, so the first failure after
+    # a resume does not pause the automation again without a warning.
+    automation.failing_since = None
+    automation.pause_warning_sent_at = None
     held = db.session.scalars(
         db.select(Delivery.id).where(
             Delivery.automation_id == automation.id,

@@ -1,7 +1,7 @@
 """The automation builder, Test Now, and each automation's delivery log."""
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user, login_required
@@ -281,6 +281,9 @@ def redeliver_failed(automation_id):
     except ValueError:
         flash("Enter the date and time to redeliver from, e.g. 2026-12-01T09:00.", "error")
     else:
+        # Times are stored as naive UTC, so a time with an offset is converted first.
+        if since.tzinfo is not None:
+            since = since.astimezone(UTC).replace(tzinfo=None)
         count = domain.redeliver_failed_since(automation, since)
         flash(
             f"{count} failed deliveries since {since:%Y-%m-%d %H:%M} UTC queued again.",
