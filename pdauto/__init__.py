@@ -95,13 +95,15 @@ def init_extensions(app):
 
 
 def register_blueprints(app):
-    from .views import auth, automations, main, records, users
+    from .views import api, auth, automations, main, records, tokens, users
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
     app.register_blueprint(records.bp)
     app.register_blueprint(automations.bp)
     app.register_blueprint(users.bp)
+    app.register_blueprint(tokens.bp)
+    app.register_blueprint(api.bp)
 
 
 def mount_rq_dashboard(app):
@@ -163,6 +165,8 @@ def register_security_headers(app):
 
 
 def register_template_filters(app):
+    from .conditions import describe
     from .webhooks import mask_url
 
     app.add_template_filter(mask_url, "mask_url")
+    app.add_template_global(describe, "describe_condition")

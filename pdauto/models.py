@@ -341,3 +341,55 @@ class Task(db.Model):
     due_on = db.Column(db.Date, nullable=False)
     completed_at = db.Column(db.DateTime, nullable=True)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+
+
+class ApiToken(db.Model):
+    """A user's token for the JSON API. Only its hash is stored; the token is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    TOKEN_PREFIX = "pdt_"
+    # The first characters stay readable, so users can tell their tokens apart.
+    SHOWN_PREFIX_LENGTH = 12
+
+    id = db.Column(db.Integer, primary_key=True)
+    account_id = db.Column(db.ForeignKey("accounts.id"), nullable=False, index=True)
+    user_id = db.Column(db.ForeignKey("users.id"), nullable=False, index=True)
+    name = db.Column(db.String(100), nullable=False)
+    prefix = db.Column(db.String(16), nullable=False)
+    # SHA-256 hex of the token. A fast hash is enough, unlike for passwords: each
+    # token carries 256 random bits, so there is nothing to guess from a leaked hash,
+    # and the lookup on every API request stays cheap.
+    token_hash = db.Column(db.String(64), nullable=False, unique=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    last_used_at = db.Column(db.DateTime, nullable=True)
+    revoked_at = db.Column(db.DateTime, nullable=True)
+
+    user = db.relationship(User)
+
+    @staticmethod
+    def hash_token(token):
+        import hashlib
+
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name):
+        """Add a new token of `user` to the session; return the row and the token text.
+
+        The caller commits. The text exists only in the return value, so show it once.
+        """
+        token = cls.TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = cls(
+            account_id=user.account_id,
+            user_id=user.id,
+            name=name,
+            prefix=token[: cls.SHOWN_PREFIX_LENGTH],
+            token_hash=cls.hash_token(token),
+        )
+        db.session.add(row)
+        return row, token
+
+    @property
+    def revoked(self):
+        return self.revoked_at is not None

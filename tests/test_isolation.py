@@ -5,6 +5,10 @@ ACCESS fails this test until someone decides who may use it. For each route
 and method: anonymous visitors go to the login page, roles outside the
 route's list get 403, and a user of another account who names this account's
 ids gets 404, reads none of its data and changes nothing.
+
+The JSON API under /api/ takes API tokens only: there each visitor sends its
+own token, and a request without one gets a 401 JSON error, even with the
+session cookie of a logged-in user.
 """
 
 import functools
@@ -20,6 +24,7 @@ from pdauto.extensions import db
 from pdauto.models import (
     Account,
     Action,
+    ApiToken,
     Attempt,
     Automation,
     Company,
@@ -66,6 +71,21 @@ ACCESS = {
     "users.set_role": ADMINS,
     "users.deactivate_user": ADMINS,
     "users.activate_user": ADMINS,
+    # Each user manages their own tokens; another user's token id gives 404.
+    "tokens.list_tokens": ANY_USER,
+    "tokens.new_token": ANY_USER,
+    "tokens.revoke_token": ANY_USER,
+    "api.openapi": PUBLIC,
+    "api.list_records": ANY_USER,
+    "api.create_record": ANY_USER,
+    "api.get_record": ANY_USER,
+    "api.update_record": ANY_USER,
+    "api.delete_record": ANY_USER,
+    "api.list_automations": ANY_USER,
+    "api.get_automation": ANY_USER,
+    "api.list_deliveries": ANY_USER,
+    "api.get_delivery": ANY_USER,
+    "api.redeliver": MANAGERS,
 }
 # Every route of the mounted RQ dashboard is for admins only.
 ACCESS_BY_BLUEPRINT = {"rq_dashboard": ADMINS}
@@ -82,7 +102,8 @@ FIXED_VALUES = {
     "job_id": "no-such-job",
 }
 COLLECTIONS = ("people", "companies", "deals")
-ROW_ARGUMENTS = {"record_id", "automation_id", "delivery_id", "user_id"}
+ROW_ARGUMENTS = {"record_id", "automation_id", "delivery_id", "user_id", "token_id"}
+API_PREFIX = "/api/"
 MARKER = "Zanzibar"  # in every name of the first account's rows
 FORM_DATA = {
     "name": "Changed name",
@@ -102,11 +123,21 @@ FORM_DATA = {
     "current_password": PASSWORD,
     "new_password": "a changed long password",
 }
+# JSON bodies of the API's POST and PATCH requests, by collection.
+API_BODIES = {
+    "people": {"first_name": "Changed"},
+    "companies": {"name": "Changed name"},
+    "deals": {"name": "Changed name", "status": "won"},
+}
 
 
 def access_for(rule):
     blueprint = rule.endpoint.rpartition(".")[0]
     return ACCESS.get(rule.endpoint) or ACCESS_BY_BLUEPRINT.get(blueprint)
+
+
+def rule_for(app, path, endpoint):
+    return next(r for r in app.url_map.iter_rules() if r.rule == path and r.endpoint == endpoint)
 
 
 def route_cases():
@@ -121,8 +152,11 @@ def route_cases():
     return cases
 
 
-def make_rows(account_id):
-    """Create one row of each kind in the account; return the ids to put in URLs."""
+def make_rows(account_id, token_user_id=None):
+    """Create one row of each kind in the account; return the ids to put in URLs.
+
+    The API token belongs to `token_user_id`, by default to the new user.
+    """
     user = User(
         account_id=account_id,
         email=f"{MARKER.lower()}-{_next()}@example.com",
@@ -159,8 +193,10 @@ def make_rows(account_id):
     db.session.add(
         Attempt(delivery_id=delivery.id, number=1, outcome="http_error", error=f"{MARKER} error")
     )
+    token, _ = ApiToken.issue(db.session.get(User, token_user_id or user.id), f"{MARKER} token")
     db.session.commit()
     return {
+        "token_id": token.id,
         "user_id": user.id,
         "automation_id": automation.id,
         "delivery_id": delivery.id,
@@ -184,7 +220,7 @@ def _next():
 def account_fingerprint(account_id):
     """Hash every row that belongs to the account, so any change shows."""
     digest = hashlib.sha256()
-    for model in (User, Person, Company, Deal, Automation, Event, Delivery):
+    for model in (User, Person, Company, Deal, Automation, Event, Delivery, ApiToken):
         rows = db.session.scalars(
             db.select(model).where(model.account_id == account_id).order_by(model.id)
         ).all()
@@ -225,39 +261,50 @@ def account_job_arguments(account_id):
 
 @pytest.fixture
 def visitors(app):
-    """Log in one client per role in the first account and an admin of another account."""
+    """Log in one client per role in the first account and an admin of another account.
+
+    Return the first account's id, the clients, an API token for each visitor, and
+    each visitor's user id.
+    """
     with app.app_context():
         home = Account(name=f"{MARKER} Ltd")
         other = Account(name="Other Ltd")
         db.session.add_all([home, other])
         db.session.flush()
         emails = {}
+        tokens = {}
+        user_ids = {}
         for account, role in [(home, "admin"), (home, "manager"), (home, "rep"), (other, "admin")]:
+            visitor = "other" if account is other else role
             email = f"{role}-{account.id}@example.com"
-            user = User(account_id=account.id, email=email, role=role)
-            user.set_password(PASSWORD)
+            user = User(
+                account_id=account.id, email=email, role=role, password_hash=password_hash()
+            )
             db.session.add(user)
-            emails[(account.id, role)] = email
+            db.session.flush()
+            _, tokens[visitor] = ApiToken.issue(user, f"{visitor} token")
+            emails[visitor] = email
+            user_ids[visitor] = user.id
         db.session.commit()
-        home_id, other_id = home.id, other.id
+        home_id = home.id
 
     clients = {}
-    for (account_id, role), email in emails.items():
+    for visitor, email in emails.items():
         client = app.test_client()
         login(client, email)
-        clients["other" if account_id == other_id else role] = client
+        clients[visitor] = client
     clients["anonymous"] = app.test_client()
-    return home_id, clients
+    return home_id, clients, tokens, user_ids
 
 
-def url_for_new_rows(app, account_id, path, endpoint, method, collection):
+def url_for_new_rows(app, account_id, path, endpoint, method, collection, token_user_id=None):
     """Create fresh rows in the account and return the route's URL naming them.
 
     Also return whether the URL names a row, so that another account must get 404.
     """
     with app.app_context():
-        ids = make_rows(account_id)
-    rule = next(rule for rule in app.url_map.iter_rules() if rule.rule == path)
+        ids = make_rows(account_id, token_user_id)
+    rule = rule_for(app, path, endpoint)
     values = {}
     for argument in rule.arguments:
         if argument == "collection":
@@ -272,9 +319,17 @@ def url_for_new_rows(app, account_id, path, endpoint, method, collection):
     return url, bool(set(rule.arguments) & ROW_ARGUMENTS)
 
 
-def request(client, method, url):
-    """Send the request as a browser on this site would, and read the whole body."""
-    if method == "GET":
+def request(client, method, url, collection=None, token=None):
+    """Send the request as a browser on this site would, and read the whole body.
+
+    An API request sends a JSON body when it has one, and the token, if given,
+    as a Bearer token.
+    """
+    if url.startswith(API_PREFIX):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        body = API_BODIES.get(collection) if method in ("POST", "PATCH") else None
+        response = client.open(url, method=method, json=body, headers=headers)
+    elif method == "GET":
         response = client.get(url)
     else:
         origin = {"Origin": "http://localhost"}
@@ -294,16 +349,27 @@ def test_every_route_has_a_decision():
 
 @pytest.mark.parametrize(("path", "endpoint", "method", "collection"), route_cases())
 def test_route_access(app, visitors, path, endpoint, method, collection):
-    home_id, clients = visitors
-    allowed = access_for(next(r for r in app.url_map.iter_rules() if r.rule == path))
+    home_id, clients, tokens, user_ids = visitors
+    # The API serves several endpoints at one path, one for each method.
+    allowed = access_for(rule_for(app, path, endpoint))
     assert allowed is not None, f"{endpoint} has no entry in ACCESS"
+    api = path.startswith(API_PREFIX)
+
+    def visit(visitor, url):
+        # API visitors send their token from a client without session cookies.
+        if api:
+            return request(clients["anonymous"], method, url, collection, tokens.get(visitor))
+        return request(clients[visitor], method, url, collection)
+
+    def new_url(token_user_id=None):
+        return url_for_new_rows(app, home_id, path, endpoint, method, collection, token_user_id)
 
     # Another account's admin: 404 for this account's ids, no data shown, nothing changed.
-    url, names_rows = url_for_new_rows(app, home_id, path, endpoint, method, collection)
+    url, names_rows = new_url(user_ids["admin"])
     with app.app_context():
         fingerprint = account_fingerprint(home_id)
         jobs = queued_jobs()
-    response = request(clients["other"], method, url)
+    response = visit("other", url)
     with app.app_context():
         new_jobs = queued_jobs() - jobs
         home_ids = account_job_arguments(home_id)
@@ -315,18 +381,26 @@ def test_route_access(app, visitors, path, endpoint, method, collection):
         assert response.status_code == 404
 
     if allowed == PUBLIC:
-        url, _ = url_for_new_rows(app, home_id, path, endpoint, method, collection)
-        assert request(clients["anonymous"], method, url).status_code < 400
+        url, _ = new_url()
+        assert request(clients["anonymous"], method, url, collection).status_code < 400
         return
 
-    url, _ = url_for_new_rows(app, home_id, path, endpoint, method, collection)
-    anonymous = request(clients["anonymous"], method, url)
-    assert anonymous.status_code == 302
-    assert "/login" in anonymous.headers["Location"]
+    url, _ = new_url()
+    anonymous = request(clients["anonymous"], method, url, collection)
+    if api:
+        assert anonymous.status_code == 401
+        assert anonymous.get_json()["error"]["status"] == 401
+        # A logged-in browser's session cookie does not count as a token.
+        url, _ = new_url()
+        with_cookie = request(clients["admin"], method, url, collection)
+        assert with_cookie.status_code == 401
+    else:
+        assert anonymous.status_code == 302
+        assert "/login" in anonymous.headers["Location"]
 
     for role in ("rep", "manager", "admin"):
-        url, _ = url_for_new_rows(app, home_id, path, endpoint, method, collection)
-        response = request(clients[role], method, url)
+        url, _ = new_url(user_ids[role])
+        response = visit(role, url)
         assert response.status_code < 500, (role, response.text)
         if role in allowed:
             assert response.status_code != 403, role
