@@ -62,6 +62,8 @@ def save_automation(account_id, data, automation=None, proof=None):
     automation.name = data["name"]
     automation.event_model = data["event_model"]
     automation.event_action = data["event_action"]
+    if "conditions" in data:
+        automation.conditions = data["conditions"]
     action.url = url
     action.content_type = data["content_type"]
     action.custom_headers = headers

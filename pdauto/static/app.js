@@ -140,3 +140,36 @@
     }
   });
 })();
+
+// Builder conditions: add a row from the template of the chosen model, remove a row.
+(function () {
+  "use strict";
+
+  document.addEventListener("click", function (event) {
+    var add = event.target.closest("[data-add-condition]");
+    if (add) {
+      var model = document.querySelector('select[name="event_model"]');
+      var template = document.getElementById("condition-row-" + (model ? model.value : "person"));
+      var rows = document.getElementById("conditions");
+      if (template && rows) {
+        rows.appendChild(template.content.cloneNode(true));
+        var selects = rows.querySelectorAll(".condition-row select");
+        if (selects.length) {
+          selects[selects.length - 2].focus();
+        }
+      }
+      return;
+    }
+    var remove = event.target.closest("[data-remove-condition]");
+    if (remove) {
+      var row = remove.closest(".condition-row");
+      if (row) {
+        row.remove();
+      }
+      var button = document.getElementById("add-condition");
+      if (button) {
+        button.focus();
+      }
+    }
+  });
+})();

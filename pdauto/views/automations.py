@@ -8,10 +8,11 @@ from flask_login import current_user, login_required
 
 from .. import automations as domain
 from .. import deliveries, proofs
+from ..conditions import OPERATORS, InvalidConditions, fields_for, validate_conditions
 from ..extensions import db
 from ..forms import AutomationForm, TestNowForm
 from ..health import health_by_automation
-from ..models import Attempt, Automation, Delivery, new_signing_secret
+from ..models import EVENT_MODELS, Attempt, Automation, Delivery, new_signing_secret
 from ..webhooks import AddressPolicy, Sender, WebhookRequest, mask_url
 from .common import render, roles_required
 
@@ -48,20 +49,49 @@ def list_automations():
     )
 
 
-def _render_builder(form, automation=None, status=200):
+def _render_builder(form, automation=None, status=200, conditions=None):
     action = domain.call_api_action(automation) if automation else None
+    if conditions is None:
+        # Invalid rows come back as the user typed them, next to the message.
+        conditions = _typed_conditions()
     return render(
         "automations/builder.html",
         form=form,
         automation=automation,
         action=action,
         status=status,
+        conditions=conditions,
+        condition_fields={model: fields_for(model) for model in EVENT_MODELS},
+        operators=OPERATORS,
+        conditions_error=getattr(form, "conditions_error", ""),
     )
 
 
-def _form_data(form):
+def _typed_conditions():
+    fields = request.form.getlist("condition_field")
+    operators = request.form.getlist("condition_op")
+    values = request.form.getlist("condition_value")
+    return [
+        {"field": field, "op": operator, "value": value}
+        for field, operator, value in zip(fields, operators, values, strict=False)
+    ]
+
+
+def _conditions_from_request(form):
+    """Return the submitted condition rows cleaned up, or None after setting conditions_error."""
+    if request.method != "POST":
+        return []
+    try:
+        return validate_conditions(form.event_model.data, _typed_conditions())
+    except InvalidConditions as error:
+        form.conditions_error = str(error)
+        return None
+
+
+def _form_data(form, conditions=()):
     data = dict(form.data)
     data["custom_headers_parsed"] = getattr(form.custom_headers, "parsed", {})
+    data["conditions"] = list(conditions)
     return data
 
 
@@ -75,10 +105,11 @@ def new_automation():
     form = AutomationForm()
     if request.method == "GET":
         form.signing_secret.data = new_signing_secret()
-    if form.validate_on_submit():
+    conditions = _conditions_from_request(form)
+    if form.validate_on_submit() and conditions is not None:
         try:
             automation = domain.save_automation(
-                current_user.account_id, _form_data(form), proof=form.test_proof.data
+                current_user.account_id, _form_data(form, conditions), proof=form.test_proof.data
             )
         except proofs.InvalidProof as error:
             form.url.errors.append(str(error))
@@ -86,7 +117,7 @@ def new_automation():
             flash(f"Saved the automation {automation.name}.", "success")
             return redirect(url_for("automations.show_automation", automation_id=automation.id))
     status = 422 if request.method == "POST" else 200
-    return _render_builder(form, status=status)
+    return _render_builder(form, status=status, conditions=conditions)
 
 
 @bp.route("/<int:automation_id>/edit", methods=["GET", "POST"])
@@ -100,11 +131,15 @@ def edit_automation(automation_id):
         form.failure_email.data = action.failure_email
         form.content_type.data = action.content_type
         form.custom_headers.data = _header_lines(action.custom_headers or {})
-    if form.validate_on_submit():
+    if request.method == "GET":
+        conditions = list(automation.conditions or [])
+    else:
+        conditions = _conditions_from_request(form)
+    if form.validate_on_submit() and conditions is not None:
         try:
             domain.save_automation(
                 current_user.account_id,
-                _form_data(form),
+                _form_data(form, conditions),
                 automation=automation,
                 proof=form.test_proof.data,
             )
@@ -115,7 +150,7 @@ def edit_automation(automation_id):
             flash(f"Saved the automation {automation.name}.", "success")
             return redirect(url_for("automations.show_automation", automation_id=automation.id))
     status = 422 if request.method == "POST" else 200
-    return _render_builder(form, automation, status=status)
+    return _render_builder(form, automation, status=status, conditions=conditions)
 
 
 @bp.route("/test", methods=["POST"])

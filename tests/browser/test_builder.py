@@ -241,6 +241,8 @@ def test_builder_usable_with_keyboard(builder, receiver):
     keyboard.press("Tab")
     expect(builder.get_by_label("is", exact=True)).to_be_focused()
     keyboard.press("Tab")
+    expect(builder.get_by_role("button", name="Add condition")).to_be_focused()
+    keyboard.press("Tab")
     expect(builder.get_by_label("URL")).to_be_focused()
     keyboard.type(receiver.url("/hooks"))
     keyboard.press("Tab")
@@ -260,3 +262,27 @@ def test_builder_usable_with_keyboard(builder, receiver):
         "Saved the automation Deal created by keyboard."
     )
     expect(builder.get_by_text("When a deal is created")).to_be_visible()
+
+
+def test_conditions_added_removed_and_saved(builder, receiver, app):
+    fill_builder(builder, receiver.url("/hooks"), name="Deal won")
+    builder.get_by_label("is", exact=True).select_option("updated")
+    add = builder.get_by_role("button", name="Add condition")
+
+    add.click()
+    add.click()
+    rows = builder.locator("#conditions .condition-row")
+    expect(rows).to_have_count(2)
+    rows.nth(0).get_by_label("Field", exact=True).select_option("status")
+    rows.nth(0).get_by_label("Operator", exact=True).select_option("changed_to")
+    rows.nth(0).get_by_label("Value", exact=True).fill("won")
+    rows.nth(1).get_by_role("button", name="Remove").click()
+    expect(rows).to_have_count(1)
+    run_test_button(builder).click()
+    expect(save_button(builder)).to_be_enabled()
+    save_button(builder).click()
+
+    expect(builder.get_by_text("status changed to won")).to_be_visible()
+    with app.app_context():
+        automation = db.session.scalar(db.select(Automation))
+        assert automation.conditions == [{"field": "status", "op": "changed_to", "value": "won"}]
