@@ -95,13 +95,14 @@ def init_extensions(app):
 
 
 def register_blueprints(app):
-    from .views import api, auth, automations, main, records, tokens, users
+    from .views import api, auth, automations, main, records, tasks, tokens, users
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
     app.register_blueprint(records.bp)
     app.register_blueprint(automations.bp)
     app.register_blueprint(users.bp)
+    app.register_blueprint(tasks.bp)
     app.register_blueprint(tokens.bp)
     app.register_blueprint(api.bp)
 

@@ -11,6 +11,7 @@ ROW_VALUES = {
     "delivery_id": "msg_1",
     "user_id": 1,
     "token_id": 1,
+    "task_id": 1,
 }
 
 

@@ -14,6 +14,7 @@ session cookie of a logged-in user.
 import functools
 import hashlib
 import json
+from datetime import date
 
 import pytest
 from rq.job import Job
@@ -32,6 +33,7 @@ from pdauto.models import (
     Delivery,
     Event,
     Person,
+    Task,
     User,
 )
 from tests.conftest import PASSWORD, login
@@ -71,6 +73,8 @@ ACCESS = {
     "users.set_role": ADMINS,
     "users.deactivate_user": ADMINS,
     "users.activate_user": ADMINS,
+    "tasks.list_tasks": ANY_USER,
+    "tasks.complete_task": ANY_USER,
     # Each user manages their own tokens; another user's token id gives 404.
     "tokens.list_tokens": ANY_USER,
     "tokens.new_token": ANY_USER,
@@ -102,7 +106,7 @@ FIXED_VALUES = {
     "job_id": "no-such-job",
 }
 COLLECTIONS = ("people", "companies", "deals")
-ROW_ARGUMENTS = {"record_id", "automation_id", "delivery_id", "user_id", "token_id"}
+ROW_ARGUMENTS = {"record_id", "automation_id", "delivery_id", "user_id", "token_id", "task_id"}
 API_PREFIX = "/api/"
 MARKER = "Zanzibar"  # in every name of the first account's rows
 FORM_DATA = {
@@ -194,8 +198,18 @@ def make_rows(account_id, token_user_id=None):
         Attempt(delivery_id=delivery.id, number=1, outcome="http_error", error=f"{MARKER} error")
     )
     token, _ = ApiToken.issue(db.session.get(User, token_user_id or user.id), f"{MARKER} token")
+    task = Task(
+        account_id=account_id,
+        user_id=token_user_id or user.id,
+        title=f"{MARKER} task",
+        record_model="deal",
+        record_id=deal.id,
+        due_on=date.today(),
+    )
+    db.session.add(task)
     db.session.commit()
     return {
+        "task_id": task.id,
         "token_id": token.id,
         "user_id": user.id,
         "automation_id": automation.id,
@@ -220,7 +234,7 @@ def _next():
 def account_fingerprint(account_id):
     """Hash every row that belongs to the account, so any change shows."""
     digest = hashlib.sha256()
-    for model in (User, Person, Company, Deal, Automation, Event, Delivery, ApiToken):
+    for model in (User, Person, Company, Deal, Automation, Event, Delivery, ApiToken, Task):
         rows = db.session.scalars(
             db.select(model).where(model.account_id == account_id).order_by(model.id)
         ).all()
