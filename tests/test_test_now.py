@@ -125,7 +125,7 @@ class TestResult:
 
     @property
     def duration_ms(self):
-        match = re.search(r"\bin (\d+) ms\b", self.text)
+        match = re.search(r"\b(?:in|after) (\d+) ms\b", self.text)
         assert match, f"no duration in: {self.text}"
         return int(match.group(1))
 
@@ -283,6 +283,7 @@ def test_slow_receiver_times_out(manager_client, receiver):
 
     assert not result.succeeded
     assert "timed out after 0.3 s" in result.text
+    assert "Failed: no answer after" in result.text
     assert result.duration_ms < 1500
     assert result.proof == ""
     assert len(receiver.requests) == 1
