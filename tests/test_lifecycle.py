@@ -29,7 +29,7 @@ def new_deal(account_id):
         "deal", account_id, {"name": "Big deal", "value": 1, "status": "open"}
     )
     return db.session.scalar(
-        db.select(Event.id).where(Event.record_id == str(record.id)).order_by(Event.id.desc())
+        db.select(Event.id).where(Event.record_id == record.id).order_by(Event.id.desc())
     )
 
 
