@@ -207,8 +207,9 @@ def check_fanout_delivered(event_id, expected, timeout=30):
 
 
 def _wait_timeout(count):
-    # Generous: 20 deliveries a second is far below anything measured.
-    return max(60.0, count / 20)
+    # Allows 5 deliveries a second. The slowest rate seen, with one worker on a
+    # 2-core machine under a load average of 6, was about 12.
+    return max(60.0, count / 5)
 
 
 # --- a: the raw client ---------------------------------------------------------------

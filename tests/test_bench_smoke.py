@@ -1,7 +1,7 @@
 """The benchmark command runs end to end in its quick mode.
 
 It checks that every measurement runs and is reported, not that it meets its
-target: timings on a shared test machine say little.
+target, because timings on a shared test machine vary too much to judge.
 """
 
 import subprocess
