@@ -101,7 +101,12 @@ def dispatch_event(event_id):
     db.session.commit()
 
     delivery_ids = [delivery.id for delivery in deliveries]
-    log.info("event %s dispatched to %d deliveries", event_id, len(delivery_ids))
+    log.info(
+        "event %s of account %s dispatched to %d deliveries",
+        event_id,
+        event.account_id,
+        len(delivery_ids),
+    )
     return delivery_ids
 
 
@@ -215,7 +220,13 @@ def _apply_outcome(delivery, attempt, outcome, now):
         delivery.completed_at = now
         automation.failing_since = None
         automation.pause_warning_sent_at = None
-        log.info("delivery %s succeeded on attempt %d", delivery.id, attempt.number)
+        log.info(
+            "delivery %s of automation %s (account %s) succeeded on attempt %d",
+            delivery.id,
+            delivery.automation_id,
+            delivery.account_id,
+            attempt.number,
+        )
         return delivery.state
 
     action = delivery.action
@@ -247,8 +258,10 @@ def _apply_outcome(delivery, attempt, outcome, now):
     else:
         _check_auto_pause(automation, action, now)
     log.warning(
-        "delivery %s attempt %d failed (%s): %s; now %s",
+        "delivery %s of automation %s (account %s) attempt %d failed (%s): %s; now %s",
         delivery.id,
+        delivery.automation_id,
+        delivery.account_id,
         attempt.number,
         outcome.kind,
         outcome.error,

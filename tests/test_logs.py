@@ -40,6 +40,8 @@ def test_json_lines_name_job_and_delivery(app, users, receiver, log_stream):
     assert len(succeeded) == 1
     assert succeeded[0]["job_id"] != "-"
     assert "msg_" in succeeded[0]["message"]
+    assert f"(account {account_id})" in succeeded[0]["message"]
+    assert "of automation " in succeeded[0]["message"]
     assert succeeded[0]["levelname"] == "INFO"
     assert succeeded[0]["name"].startswith("pdauto.")
     assert "time" in succeeded[0]
