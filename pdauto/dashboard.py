@@ -66,7 +66,7 @@ def guard_dashboard():
         if not _same_origin():
             abort(403)
     elif request.path.startswith(f"{URL_PREFIX}/requeue/"):
-        # The dashboard answers GET here by requeueing every failed job: a
+        # The dashboard handles GET here by requeueing every failed job: a
         # side effect that a link could trigger.
         abort(405)
     return None

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # Attempt fields are capped to their column sizes.
 MAX_ERROR_LENGTH = 500
 
-# The most rows of each kind that one sweep queues. The next sweep takes the rest.
+# The maximum rows of each kind that one sweep queues. The next sweep takes the rest.
 SWEEP_BATCH_SIZE = 1000
 
 

@@ -322,7 +322,7 @@ class FailureNotice(db.Model):
     error = db.Column(db.String(500), nullable=False, default="")
     occurred_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     state = db.Column(db.String(16), nullable=False, default="pending")
-    # Notices told in the same email share its message id.
+    # Notices sent in the same email share its message id.
     email_message_id = db.Column(db.String(200), nullable=True)
     sent_at = db.Column(db.DateTime, nullable=True)
 

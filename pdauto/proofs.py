@@ -15,7 +15,7 @@ SALT = "pdauto.test-proof"
 
 
 class InvalidProof(Exception):
-    """The proof is missing, expired, or for other settings; str(e) says which."""
+    """The proof is missing, expired, or for other settings; str(e) names which."""
 
 
 def request_fingerprint(url, content_type, custom_headers):

@@ -453,7 +453,7 @@ def _form_value(value):
 
 @dataclass
 class Outcome:
-    """What happened to one webhook request, in the terms the delivery log shows."""
+    """The result of one webhook request, in the terms the delivery log shows."""
 
     succeeded: bool  # True only for a 2xx whose body arrived in time
     kind: str  # "success", "http_error", "redirect", "timeout", ...
@@ -1137,7 +1137,7 @@ def _exception_chain(error):
 
 
 def _parse_retry_after(value, cap):
-    """Return the delay a Retry-After value asks for, in seconds, at most `cap`."""
+    """Return the delay a Retry-After value requests, in seconds, at most `cap`."""
     if not value:
         return None
     value = value.strip()

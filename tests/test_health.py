@@ -1,4 +1,4 @@
-"""Check /healthz: 200 when the database and Redis answer, 503 naming the part that failed."""
+"""Check /healthz: 200 when the database and Redis respond, 503 naming the part that failed."""
 
 from pdauto import create_app
 from tests.support.redis_server import free_port

@@ -7,7 +7,7 @@ from flask_login import current_user, login_required
 
 
 def is_htmx():
-    """Return whether to answer with a fragment: an htmx request, not a history restore."""
+    """Return whether to respond with a fragment: an htmx request, not a history restore."""
     return (
         request.headers.get("HX-Request") == "true"
         and request.headers.get("HX-History-Restore-Request") != "true"
