@@ -78,6 +78,10 @@ def load_settings():
         "AUTO_PAUSE_SECONDS": _int("AUTO_PAUSE_SECONDS", 3 * 86400),
         "SECRET_ROTATION_GRACE_SECONDS": _int("SECRET_ROTATION_GRACE_SECONDS", 86400),
         "DELIVERY_LEASE_SECONDS": _int("DELIVERY_LEASE_SECONDS", 120),
+        # A dispatch job sends first attempts itself for this long at most; the
+        # deliveries left then get jobs of their own. Kept below the job timeout (60 s)
+        # less one request's DELIVERY_TIMEOUT_SECONDS.
+        "DISPATCH_SEND_BUDGET_SECONDS": _float("DISPATCH_SEND_BUDGET_SECONDS", 20.0),
         "SWEEP_INTERVAL_SECONDS": _float("SWEEP_INTERVAL_SECONDS", 15.0),
         "TEST_PROOF_MAX_AGE_SECONDS": _int("TEST_PROOF_MAX_AGE_SECONDS", 3600),
         "JOB_RESULT_TTL_SECONDS": _int("JOB_RESULT_TTL_SECONDS", 600),

@@ -9,12 +9,15 @@ in the database as next_attempt_at, and the sweep queues it when it is due.
 
 import logging
 import random
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import insert, or_, update
+from sqlalchemy.orm import joinedload
 
-from . import events, metrics, notify, queue
+from . import actions, events, metrics, notify, queue
 from .extensions import db
 from .models import Attempt, Automation, Delivery, Event, FailureNotice, utcnow
 from .webhooks import WebhookRequest, mask_url
@@ -26,6 +29,12 @@ MAX_ERROR_LENGTH = 500
 
 # The maximum rows of each kind that one sweep queues. The next sweep takes the rest.
 SWEEP_BATCH_SIZE = 1000
+
+# A dispatch job writes the attempts that succeeded in groups of this many, or
+# after this long, so a worker that dies loses the log rows of one group at most.
+# Those deliveries stay under their lease, and the sweep sends them again.
+SUCCESS_GROUP_SIZE = 50
+SUCCESS_GROUP_SECONDS = 0.25
 
 
 def build_payload(automation, event):
@@ -66,13 +75,15 @@ def build_request(action, webhook_id, payload):
     )
 
 
-def dispatch_event(event_id):
+def dispatch_event(event_id, claim=False):
     """Create the deliveries of an event once, and return the ids to send now.
 
     Claiming the event with a conditional UPDATE makes a second dispatch (the
-    sweep racing a job) a no-op.
+    sweep racing a job) a no-op. With `claim`, the deliveries start in state
+    sending under a lease, for the caller to send with send_claimed.
     """
     now = utcnow()
+    lease = timedelta(seconds=current_app.config["DELIVERY_LEASE_SECONDS"])
     claimed = db.session.execute(
         update(Event)
         .where(Event.id == event_id, Event.dispatched_at.is_(None))
@@ -85,9 +96,8 @@ def dispatch_event(event_id):
     event = db.session.get(Event, event_id)
     deliveries = []
     for automation in events.matching_automations(event):
+        # Actions run in their position order; each has its own delivery and outcome.
         for action in automation.actions:
-            if action.kind != "call_api":
-                continue
             deliveries.append(
                 Delivery(
                     account_id=event.account_id,
@@ -95,6 +105,8 @@ def dispatch_event(event_id):
                     action_id=action.id,
                     automation_id=automation.id,
                     next_attempt_at=now,
+                    state="sending" if claim else "pending",
+                    lease_expires_at=now + lease if claim else None,
                 )
             )
     db.session.add_all(deliveries)
@@ -151,14 +163,21 @@ def attempt_delivery(delivery_id, sender):
     now = utcnow()
     if not claim(delivery_id, now):
         return None
+    return _attempt_claimed(db.session.get(Delivery, delivery_id), sender, now)
 
-    delivery = db.session.get(Delivery, delivery_id)
+
+def _attempt_claimed(delivery, sender, now):
+    """Send one attempt of a delivery this worker holds, record it, and return the new state."""
     automation = delivery.automation
     if automation.deleted_at is not None or not automation.active:
         return _hold_for_paused(delivery, automation)
 
-    request = build_request(delivery.action, delivery.id, build_payload(automation, delivery.event))
-    outcome = sender.send(request)
+    action = delivery.action
+    if action.kind == "call_api":
+        payload = build_payload(automation, delivery.event)
+        outcome = sender.send(build_request(action, delivery.id, payload))
+    else:
+        outcome = actions.run(action, delivery.event, delivery.account_id)
     attempt = _record_attempt(delivery, outcome, now)
     state = _apply_outcome(delivery, attempt, outcome, now)
     db.session.commit()
@@ -166,6 +185,181 @@ def attempt_delivery(delivery_id, sender):
     metrics.record_attempt(outcome.kind, outcome.duration_ms / 1000)
     _after_commit(delivery, outcome)
     return state
+
+
+@dataclass
+class _FirstAttempt:
+    """The fields send_claimed needs of one delivery, read before a commit expires the rows."""
+
+    delivery_id: str
+    automation_id: int
+    account_id: int
+    number: int
+    request: object  # a WebhookRequest, or None for a step that takes the ORM path
+
+
+def send_claimed(delivery_ids, sender, budget_seconds):
+    """Send the first attempt of deliveries this job holds, in order, and record each.
+
+    Attempts that succeed are written in bulk, a group at a time. Any other
+    outcome, and the Send email and Create task steps, take the same path as a
+    retry (attempt_delivery). Once `budget_seconds` have passed, the rest go
+    back to pending and are queued as jobs of their own. So a slow receiver
+    holds back a few deliveries at most.
+    """
+    started = time.monotonic()
+    firsts = _load_first_attempts(delivery_ids)
+    group = _SuccessGroup()
+    for index, first in enumerate(firsts):
+        if time.monotonic() - started > budget_seconds:
+            group.write()
+            _release([later.delivery_id for later in firsts[index:]])
+            break
+        now = utcnow()
+        if first.request is None:
+            group.write()
+            _attempt_claimed(db.session.get(Delivery, first.delivery_id), sender, now)
+            continue
+        outcome = sender.send(first.request)
+        if outcome.succeeded:
+            group.add(first, outcome, now)
+            continue
+        group.write()
+        delivery = db.session.get(Delivery, first.delivery_id)
+        attempt = _record_attempt(delivery, outcome, now)
+        _apply_outcome(delivery, attempt, outcome, now)
+        db.session.commit()
+        metrics.record_attempt(outcome.kind, outcome.duration_ms / 1000)
+        _after_commit(delivery, outcome)
+    group.write()
+
+
+def _load_first_attempts(delivery_ids):
+    rows = db.session.scalars(
+        db.select(Delivery)
+        .where(Delivery.id.in_(delivery_ids))
+        .options(
+            joinedload(Delivery.action),
+            joinedload(Delivery.automation),
+            joinedload(Delivery.event),
+        )
+    ).all()
+    by_id = {row.id: row for row in rows}
+    firsts = []
+    for delivery_id in delivery_ids:
+        delivery = by_id[delivery_id]
+        automation = delivery.automation
+        request = None
+        if (
+            delivery.action.kind == "call_api"
+            and automation.active
+            and automation.deleted_at is None
+        ):
+            payload = build_payload(automation, delivery.event)
+            request = build_request(delivery.action, delivery.id, payload)
+        firsts.append(
+            _FirstAttempt(
+                delivery.id,
+                automation.id,
+                delivery.account_id,
+                delivery.attempt_count + 1,
+                request,
+            )
+        )
+    return firsts
+
+
+class _SuccessGroup:
+    """Successful attempts not yet written: one INSERT, one UPDATE and one commit per group."""
+
+    def __init__(self):
+        self.items = []
+        self.since = time.monotonic()
+
+    def add(self, first, outcome, now):
+        if not self.items:
+            self.since = time.monotonic()
+        self.items.append((first, outcome, now))
+        full = len(self.items) >= SUCCESS_GROUP_SIZE
+        if full or time.monotonic() - self.since >= SUCCESS_GROUP_SECONDS:
+            self.write()
+
+    def write(self):
+        if not self.items:
+            return
+        items, self.items = self.items, []
+        db.session.execute(
+            insert(Attempt),
+            [
+                {
+                    "delivery_id": first.delivery_id,
+                    "number": first.number,
+                    "started_at": now,
+                    "duration_ms": outcome.duration_ms,
+                    "outcome": outcome.kind,
+                    "succeeded": True,
+                    "request_url": outcome.request_url,
+                    "request_headers": outcome.request_headers,
+                    "request_body": outcome.request_body,
+                    "response_status": outcome.status,
+                    "response_headers": outcome.response_headers,
+                    "response_body": outcome.response_body,
+                    "error": "",
+                }
+                for first, outcome, now in items
+            ],
+        )
+        db.session.execute(
+            update(Delivery),
+            [
+                {
+                    "id": first.delivery_id,
+                    "state": "succeeded",
+                    "attempt_count": first.number,
+                    "completed_at": now,
+                    "last_status": outcome.status,
+                    "last_error": "",
+                    "lease_expires_at": None,
+                }
+                for first, outcome, now in items
+            ],
+        )
+        automation_ids = {first.automation_id for first, _, _ in items}
+        db.session.execute(
+            update(Automation)
+            .where(
+                Automation.id.in_(automation_ids),
+                or_(
+                    Automation.failing_since.is_not(None),
+                    Automation.pause_warning_sent_at.is_not(None),
+                ),
+            )
+            .values(failing_since=None, pause_warning_sent_at=None)
+        )
+        db.session.commit()
+        metrics.record_attempts(
+            [(outcome.kind, outcome.duration_ms / 1000) for _, outcome, _ in items]
+        )
+        for first, _, _ in items:
+            log.info(
+                "delivery %s of automation %s (account %s) succeeded on attempt %d",
+                first.delivery_id,
+                first.automation_id,
+                first.account_id,
+                first.number,
+            )
+
+
+def _release(delivery_ids):
+    """Give deliveries this job holds back to pending and queue a job for each."""
+    db.session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(delivery_ids), Delivery.state == "sending")
+        .values(state="pending", next_attempt_at=utcnow(), lease_expires_at=None)
+    )
+    db.session.commit()
+    queue.enqueue_deliveries(delivery_ids)
+    log.info("dispatch left %d deliveries to their own jobs", len(delivery_ids))
 
 
 def _hold_for_paused(delivery, automation):
@@ -230,6 +424,7 @@ def _apply_outcome(delivery, attempt, outcome, now):
         return delivery.state
 
     action = delivery.action
+    address = failure_address(delivery)
     delay = retry_delay(delivery.attempt_count, outcome) if outcome.retryable else None
     if delay is None:
         delivery.state = "failed"
@@ -239,12 +434,12 @@ def _apply_outcome(delivery, attempt, outcome, now):
         delivery.state = "pending"
         delivery.next_attempt_at = now + timedelta(seconds=delay)
 
-    if action.failure_email:
+    if address:
         notify.record_failure(
             account_id=delivery.account_id,
             automation_id=automation.id,
-            address=action.failure_email,
-            url_masked=mask_url(action.url),
+            address=address,
+            url_masked=_target(action),
             error=outcome.error,
             occurred_at=now,
             delivery_id=delivery.id,
@@ -256,7 +451,7 @@ def _apply_outcome(delivery, attempt, outcome, now):
     if outcome.kind == "gone":
         pause_automation(automation, f"the URL answered 410 Gone ({outcome.request_url})")
     else:
-        _check_auto_pause(automation, action, now)
+        _check_auto_pause(automation, delivery, now)
     log.warning(
         "delivery %s of automation %s (account %s) attempt %d failed (%s): %s; now %s",
         delivery.id,
@@ -270,7 +465,28 @@ def _apply_outcome(delivery, attempt, outcome, now):
     return delivery.state
 
 
-def _check_auto_pause(automation, action, now):
+def failure_address(delivery):
+    """Return the address to tell about a delivery's failures, or "".
+
+    Send email and Create task steps have no address of their own; they use
+    the one of the automation's Call API step.
+    """
+    if delivery.action.failure_email:
+        return delivery.action.failure_email
+    for action in delivery.automation.actions:
+        if action.failure_email:
+            return action.failure_email
+    return ""
+
+
+def _target(action):
+    """Return where an action goes, as failure emails show it."""
+    if action.kind == "call_api":
+        return mask_url(action.url)
+    return actions.ACTION_TITLES.get(action.kind, action.kind) + " step"
+
+
+def _check_auto_pause(automation, delivery, now):
     """Warn, then pause, an automation whose attempts have failed for long."""
     config = current_app.config
     if automation.failing_since is None:
@@ -282,7 +498,7 @@ def _check_auto_pause(automation, action, now):
     if failing_for >= config["AUTO_PAUSE_SECONDS"] and automation.active:
         reason = f"every attempt failed since {since}"
         pause_automation(automation, reason)
-        _notice(automation, action, now, "paused", f"paused because {reason}")
+        _notice(automation, delivery, now, "paused", f"paused because {reason}")
     elif (
         failing_for >= config["AUTO_PAUSE_WARNING_SECONDS"]
         and automation.pause_warning_sent_at is None
@@ -291,7 +507,7 @@ def _check_auto_pause(automation, action, now):
         pause_in = config["AUTO_PAUSE_SECONDS"] - failing_for
         _notice(
             automation,
-            action,
+            delivery,
             now,
             "pause_warning",
             f"every attempt failed since {since}; the automation will be paused "
@@ -299,13 +515,14 @@ def _check_auto_pause(automation, action, now):
         )
 
 
-def _notice(automation, action, now, kind, error):
-    if action.failure_email:
+def _notice(automation, delivery, now, kind, error):
+    address = failure_address(delivery)
+    if address:
         notify.record_failure(
             account_id=automation.account_id,
             automation_id=automation.id,
-            address=action.failure_email,
-            url_masked=mask_url(action.url),
+            address=address,
+            url_masked=_target(delivery.action),
             error=error,
             occurred_at=now,
             kind=kind,
@@ -315,8 +532,9 @@ def _notice(automation, action, now, kind, error):
 def _after_commit(delivery, outcome):
     # A retry is not queued here, because the sweep queues it once next_attempt_at
     # has come. So retries that are waiting take no room in Redis.
-    if not outcome.succeeded and delivery.action.failure_email:
-        queue.enqueue_notices(delivery.action.failure_email)
+    address = failure_address(delivery)
+    if not outcome.succeeded and address:
+        queue.enqueue_notices(address)
 
 
 def pause_automation(automation, reason):

@@ -32,14 +32,22 @@ def _bucket(seconds):
 
 def record_attempt(kind, seconds):
     """Count one delivery attempt by outcome kind and add its duration to the histogram."""
+    record_attempts([(kind, seconds)])
+
+
+def record_attempts(attempts):
+    """Count (outcome kind, seconds) pairs of attempts in one round trip to Redis."""
+    if not attempts:
+        return
     try:
         pipeline = queue.get_redis().pipeline(transaction=False)
-        pipeline.hincrby(_key("attempts"), kind, 1)
-        pipeline.hincrby(_key("latency"), _bucket(seconds), 1)
-        pipeline.hincrbyfloat(_key("latency"), "sum", seconds)
+        for kind, seconds in attempts:
+            pipeline.hincrby(_key("attempts"), kind, 1)
+            pipeline.hincrby(_key("latency"), _bucket(seconds), 1)
+            pipeline.hincrbyfloat(_key("latency"), "sum", seconds)
         pipeline.execute()
     except redis.RedisError as error:
-        log.warning("metrics: attempt %s not counted: %s", kind, error)
+        log.warning("metrics: %d attempts not counted: %s", len(attempts), error)
 
 
 def record_emails(outcome, count=1):

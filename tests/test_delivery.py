@@ -148,11 +148,11 @@ def test_paused_after_dispatch_holds_then_resumes(app, users, receiver):
         automation = make_automation(account_id, receiver.url("/hook"))
         automation_id = automation.id
         change("deal", "created", account_id)
-        # Dispatch now, so the delivery is queued before the pause.
-        from pdauto import jobs
+        # Create and queue the delivery now, so it waits in the queue during the pause.
+        from pdauto import deliveries, queue
         from pdauto.models import Event
 
-        jobs.dispatch_event(db.session.scalar(db.select(Event.id)))
+        queue.enqueue_deliveries(deliveries.dispatch_event(db.session.scalar(db.select(Event.id))))
         automations.pause(db.session.get(Automation, automation_id))
 
     run_jobs(app)
