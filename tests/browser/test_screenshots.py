@@ -1,7 +1,8 @@
 """Screenshots of the main pages at desktop and phone widths, and a check for overflow.
 
 The PNG files go to the directory in PDAUTO_SCREENSHOTS, or to the test's
-temporary directory, named like "builder-phone.png".
+temporary directory, named like "builder-phone.png". test_layout.py checks the
+same pages with long names, emails and URLs, and at a 320 px width.
 """
 
 import os
@@ -139,5 +140,14 @@ def test_main_pages_screenshots(
 
     page.goto(live_server.url("/deals"))
     capture("deals")
+
+    page.goto(live_server.url("/companies"))
+    capture("companies")
+
+    page.goto(live_server.url("/tasks"))
+    capture("tasks")
+
+    page.goto(live_server.url("/api-tokens"))
+    capture("tokens")
 
     assert not overflowing, "pages wider than the window:\n" + "\n".join(overflowing)
