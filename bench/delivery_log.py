@@ -10,6 +10,7 @@ import statistics
 import time
 import uuid
 from datetime import datetime, timedelta
+from urllib.parse import urlencode
 
 from sqlalchemy import insert
 
@@ -22,6 +23,8 @@ START = datetime(2026, 1, 1)
 
 
 def measure_delivery_log(bench):
+    from pdauto.views.automations import PAGE_SIZE
+
     sizes = bench.sizes
     bench.ensure_workers(0)
     small_log = _DeliveryLog(_migrated_app(bench, "log_small"))
@@ -37,13 +40,19 @@ def measure_delivery_log(bench):
 
     # Alternating the two logs' requests spreads any change in machine load
     # over both medians.
-    deep_page = sizes.log_large // 2 // 25
-    small, large, spread, deep = _median_seconds_interleaved(
+    deep_page = sizes.log_large // 2 // PAGE_SIZE
+    deep_cursor = large_log.cursor_before_page(large_viewed, deep_page, PAGE_SIZE)
+    deep_request = large_log.page_request(large_viewed, before=deep_cursor)
+    # Only a page after the first has a Newer link, so this shows the cursor was used.
+    if 'id="deliveries-newer"' not in deep_request().text:
+        raise RuntimeError(f"the page before {deep_cursor} has no Newer link")
+    small, large, spread, deep, filtered = _median_seconds_interleaved(
         [
             small_log.page_request(small_viewed),
             large_log.page_request(large_viewed),
             large_log.page_request(large_other),
-            large_log.page_request(large_viewed, page=deep_page),
+            deep_request,
+            large_log.page_request(large_viewed, state="failed"),
         ]
     )
     fragment, home = _median_seconds_interleaved(
@@ -72,6 +81,8 @@ def measure_delivery_log(bench):
                 f"of another automation with {sizes.log_small:,} of them {spread * 1000:.1f} ms "
                 f"(ratio {spread / small:.2f}), page {deep_page:,} of the large one "
                 f"{deep * 1000:.1f} ms (ratio {deep / small:.2f})",
+                f"the large log filtered to its failed deliveries, of which it has none, "
+                f"{filtered * 1000:.1f} ms",
                 f"the large log's htmx fragment, which the page polls every 3 s, "
                 f"{fragment * 1000:.1f} ms; the home page {home * 1000:.1f} ms",
                 f"median of {PAGE_REPEATS} GETs each through the Flask test client, logged in, "
@@ -222,10 +233,33 @@ class _DeliveryLog:
         }
         return event, delivery, attempt
 
-    def page_request(self, automation, page=1, fragment=False):
-        """Return a function that GETs /automations/<id>?page=N and checks the status."""
+    def cursor_before_page(self, automation, page, page_size):
+        """Return the `before` cursor of page `page` (from 2) of the automation's log.
+
+        It is the (created_at, id) of the last delivery of the page before, found
+        once with OFFSET, which is what the Older links lead to page after page.
+        """
+        from pdauto.extensions import db
+        from pdauto.models import Delivery
+
         automation_id, _ = automation
-        url = f"/automations/{automation_id}?page={page}"
+        with self.app.app_context():
+            created_at, delivery_id = db.session.execute(
+                db.select(Delivery.created_at, Delivery.id)
+                .where(Delivery.automation_id == automation_id)
+                .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+                .offset((page - 1) * page_size - 1)
+                .limit(1)
+            ).one()
+        return f"{created_at.isoformat()},{delivery_id}"
+
+    def page_request(self, automation, before=None, state=None, fragment=False):
+        """Return a function that GETs the automation's delivery log and checks the status."""
+        automation_id, _ = automation
+        query = {name: value for name, value in (("before", before), ("state", state)) if value}
+        url = f"/automations/{automation_id}"
+        if query:
+            url += "?" + urlencode(query)
         headers = {"HX-Request": "true"} if fragment else {}
         return lambda: self._get(url, headers)
 

@@ -255,8 +255,11 @@ class Delivery(db.Model):
     __table_args__ = (
         UniqueConstraint("event_id", "action_id", name="uq_deliveries_event_action"),
         Index("ix_deliveries_due", "state", "next_attempt_at"),
-        Index("ix_deliveries_automation_created", "automation_id", "created_at"),
-        Index("ix_deliveries_automation_state", "automation_id", "state"),
+        # The delivery log and the home page read deliveries newest first by
+        # (created_at, id), and these indexes give that order with no sort.
+        Index("ix_deliveries_automation_created", "automation_id", "created_at", "id"),
+        Index("ix_deliveries_automation_state", "automation_id", "state", "created_at", "id"),
+        Index("ix_deliveries_account_created", "account_id", "created_at", "id"),
     )
 
     id = db.Column(db.String(40), primary_key=True, default=new_delivery_id)

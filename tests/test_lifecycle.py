@@ -5,6 +5,7 @@ the test SMTP server. Time passes by moving timestamps in the database, not by
 sleeping.
 """
 
+import html
 import re
 from datetime import timedelta
 
@@ -346,7 +347,9 @@ def test_log_paginates(app, users, receiver, manager_client):
     assert len(all_ids) == PAGE_SIZE + 2
 
     first = manager_client.get(f"/automations/{automation_id}").text
-    second = manager_client.get(f"/automations/{automation_id}?page=2").text
+    older_link = re.search(r'id="deliveries-older" href="([^"]+)"', first)
+    assert older_link, "no Older link on the first page"
+    second = manager_client.get(html.unescape(older_link.group(1))).text
     first_ids = set(re.findall(r'data-delivery-id="([^"]+)"', first))
     second_ids = set(re.findall(r'data-delivery-id="([^"]+)"', second))
     assert len(first_ids) == PAGE_SIZE
@@ -356,7 +359,7 @@ def test_log_paginates(app, users, receiver, manager_client):
     assert 'id="deliveries-newer"' not in first
     assert 'id="deliveries-newer"' in second
     assert 'id="deliveries-older"' not in second
-    assert "Page 2 of 2" in second
+    assert f"{PAGE_SIZE + 2} deliveries" in second
 
 
 def test_log_htmx_fragment(app, users, receiver, manager_client):

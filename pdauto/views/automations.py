@@ -221,27 +221,30 @@ def _send_test(form, url, secrets, headers):
 @bp.route("/<int:automation_id>")
 @login_required
 def show_automation(automation_id):
+    """Show an automation and one page of its delivery log, newest first.
+
+    `?before=` and `?after=` take a cursor from the Older and Newer links. A
+    malformed cursor shows the newest page, and an unknown state shows every state.
+    """
     automation = _get_automation_or_404(automation_id, include_deleted=True)
     state = request.args.get("state", "")
-    page = request.args.get("page", 1, type=int)
-    query = db.select(Delivery).where(Delivery.automation_id == automation.id)
-    if state in ("pending", "sending", "succeeded", "failed"):
-        query = query.where(Delivery.state == state)
-    pagination = db.paginate(
-        query.order_by(Delivery.created_at.desc(), Delivery.id.desc()),
-        page=max(page, 1),
-        per_page=PAGE_SIZE,
-        error_out=False,
+    if state not in delivery_log.STATES:
+        state = ""
+    log_page = delivery_log.read_page(
+        automation.id,
+        PAGE_SIZE,
+        state=state,
+        before=delivery_log.parse_cursor(request.args.get("before")),
+        after=delivery_log.parse_cursor(request.args.get("after")),
     )
-    attempts = _attempts_for(pagination.items)
     return render(
         "automations/show.html",
         "automations/_deliveries.html",
         missed_events=domain.missed_event_count(automation),
         automation=automation,
         action=domain.call_api_action(automation),
-        pagination=pagination,
-        attempts=attempts,
+        log_page=log_page,
+        attempts=_attempts_for(log_page.deliveries),
         state=state,
     )
 

@@ -32,7 +32,7 @@ def home():
     recent = db.session.scalars(
         db.select(Delivery)
         .where(Delivery.account_id == account_id)
-        .order_by(Delivery.created_at.desc())
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
         .limit(10)
     ).all()
     health = health_by_automation(automations)
