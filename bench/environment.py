@@ -38,6 +38,9 @@ class BenchEnvironment:
             "REDIS_URL": self.redis_server.url,
             "PDAUTO_REDIS_PREFIX": REDIS_PREFIX,
             "PDAUTO_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
+            # The events of a run are committed first and queued at once when the clock
+            # starts, so a sweep must not dispatch them while they are being committed.
+            "SWEEP_INTERVAL_SECONDS": "3600",
             # No delivery in the benchmarks fails, so no email is sent. Port 1 refuses connections.
             "MAIL_SERVER": "127.0.0.1",
             "MAIL_PORT": "1",

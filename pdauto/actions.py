@@ -268,7 +268,7 @@ def parse_recipient(text):
 
 def _validate_task(settings, account_id, event_model):
     assignee_id = settings.get("assignee_id")
-    if isinstance(assignee_id, str) and assignee_id.strip().isdigit():
+    if isinstance(assignee_id, str) and _is_whole_number(assignee_id):
         assignee_id = int(assignee_id)
     if not isinstance(assignee_id, int) or isinstance(assignee_id, bool):
         raise InvalidAction("Choose the user the task is for.")
@@ -277,7 +277,7 @@ def _validate_task(settings, account_id, event_model):
         raise InvalidAction("Choose an active user of this account for the task.")
 
     due_days = settings.get("due_days", 0)
-    if isinstance(due_days, str) and due_days.strip().isdigit():
+    if isinstance(due_days, str) and _is_whole_number(due_days):
         due_days = int(due_days)
     if not isinstance(due_days, int) or isinstance(due_days, bool):
         raise InvalidAction("Enter the days until the task is due as a whole number.")
@@ -287,6 +287,12 @@ def _validate_task(settings, account_id, event_model):
     title = _text_setting(settings, "title", "task title", MAX_TITLE_LENGTH)
     _check_templates((title, "task title"))
     return {"assignee_id": assignee_id, "due_days": due_days, "title": title}
+
+
+def _is_whole_number(text):
+    """Return whether `text` is ASCII digits, which int() reads; "²" is a digit to isdigit()."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
 
 
 def _text_setting(settings, key, what, limit):

@@ -188,6 +188,23 @@ SCHEMAS = {
                 "items": {"type": "string"},
                 "description": "call_api only. Header values are never returned.",
             },
+            "settings": {
+                "type": "object",
+                "description": (
+                    "send_email and create_task only. send_email: to (addresses), "
+                    "to_owner, subject and body (templates). create_task: assignee_id "
+                    "(a user id), due_days and title (a template)."
+                ),
+                "properties": {
+                    "to": {"type": "array", "items": {"type": "string"}},
+                    "to_owner": {"type": "boolean"},
+                    "subject": {"type": "string"},
+                    "body": {"type": "string"},
+                    "assignee_id": ID,
+                    "due_days": {"type": "integer", "minimum": 0, "maximum": 365},
+                    "title": {"type": "string"},
+                },
+            },
         },
     },
     "Automation": {
@@ -219,7 +236,11 @@ SCHEMAS = {
             "deleted_at": NULLABLE_TIMESTAMP,
             "created_at": TIMESTAMP,
             "updated_at": TIMESTAMP,
-            "actions": {"type": "array", "items": _ref("Action")},
+            "actions": {
+                "type": "array",
+                "items": _ref("Action"),
+                "description": "The steps it runs, by position; removed steps are left out.",
+            },
         },
     },
     "Event": {

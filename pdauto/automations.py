@@ -1,16 +1,29 @@
 """Saving, pausing, deleting and redelivering automations: the domain side of the builder."""
 
+import copy
 import logging
 from datetime import timedelta
 
 from sqlalchemy import update
 
-from . import conditions, deliveries, proofs, queue
+from . import actions, conditions, deliveries, proofs, queue
 from .extensions import db
 from .models import Action, Automation, Delivery, Event, new_signing_secret, utcnow
 from .webhooks import mask_url
 
 log = logging.getLogger(__name__)
+
+# Steps an automation may run after its Call API action.
+MAX_STEPS = 10
+STEP_KINDS = ("send_email", "create_task")
+
+
+class InvalidSteps(ValueError):
+    """Steps that cannot be saved. `errors` maps each invalid step's index to its message."""
+
+    def __init__(self, errors):
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
 
 
 def call_api_action(automation):
@@ -19,6 +32,58 @@ def call_api_action(automation):
         if action.kind == "call_api":
             return action
     return None
+
+
+def current_actions(automation):
+    """Return the actions that the automation runs, in order, leaving out removed steps."""
+    return [action for action in automation.actions if action.removed_at is None]
+
+
+def further_steps(automation):
+    """Return the Send email and Create task steps that run after the Call API action."""
+    return [action for action in current_actions(automation) if action.kind != "call_api"]
+
+
+def clean_steps(account_id, event_model, steps, automation=None):
+    """Return the steps with their settings cleaned, or raise InvalidSteps.
+
+    Each step is a dict of kind, settings and id: the id of a step of
+    `automation` that the form kept, or None for a new step. Every step is
+    checked, so InvalidSteps carries a message for each invalid one.
+    """
+    saved_steps = {step.id: step for step in further_steps(automation)} if automation else {}
+    seen_ids = set()
+    cleaned = []
+    errors = {}
+    for index, step in enumerate(steps):
+        number = index + 1
+        if index >= MAX_STEPS:
+            errors[index] = f"Use at most {MAX_STEPS} further steps; remove step {number}."
+            continue
+        action_id = step.get("id")
+        if action_id is not None:
+            saved = saved_steps.get(action_id)
+            if saved is None or saved.kind != step.get("kind") or action_id in seen_ids:
+                errors[index] = (
+                    f"Step {number} is no longer part of this automation; "
+                    "remove it and add it again."
+                )
+                continue
+            seen_ids.add(action_id)
+        if step.get("kind") not in STEP_KINDS:
+            errors[index] = f"Step {number}: choose Send email or Create task."
+            continue
+        try:
+            settings = actions.validate_settings(
+                step["kind"], step.get("settings"), account_id, event_model
+            )
+        except actions.InvalidAction as error:
+            errors[index] = f"Step {number}: {error}"
+            continue
+        cleaned.append({"id": action_id, "kind": step["kind"], "settings": settings})
+    if errors:
+        raise InvalidSteps(errors)
+    return cleaned
 
 
 def resolve_url(submitted, action):
@@ -37,10 +102,13 @@ def action_fingerprint(action):
 
 
 def save_automation(account_id, data, automation=None, proof=None):
-    """Create or update an automation and its Call API action, then commit.
+    """Create or update an automation and its actions, then commit.
 
-    Raises proofs.InvalidProof unless the request settings are unchanged from
-    the saved ones or `proof` shows a 2xx test of exactly these settings.
+    `data["steps"]`, when present, holds the steps after the Call API action
+    as clean_steps returns them, in the order they run. Raises
+    proofs.InvalidProof, before anything is changed, unless the request
+    settings are unchanged from the saved ones or `proof` shows a 2xx test of
+    exactly these settings.
     """
     action = call_api_action(automation) if automation else None
     url = resolve_url(data["url"], action)
@@ -68,9 +136,63 @@ def save_automation(account_id, data, automation=None, proof=None):
     action.content_type = data["content_type"]
     action.custom_headers = headers
     action.failure_email = data["failure_email"]
+    if "steps" in data:
+        _apply_steps(automation, data["steps"])
     db.session.commit()
     log.info("automation %s saved in account %s", automation.id, account_id)
     return automation
+
+
+def _apply_steps(automation, steps):
+    """Update, add and remove the steps after the Call API action, in the session."""
+    unmatched = {action.id: action for action in further_steps(automation)}
+    for position, step in enumerate(steps, start=1):
+        action = unmatched.pop(step["id"], None) if step["id"] is not None else None
+        if action is None:
+            action = Action(kind=step["kind"])
+            automation.actions.append(action)
+        action.position = position
+        action.settings = step["settings"]
+    now = utcnow()
+    for action in unmatched.values():
+        # The step is marked removed, not deleted, because its deliveries refer
+        # to it and a worker may be creating one for it at this moment.
+        action.removed_at = now
+
+
+def duplicate(automation):
+    """Copy an automation with its trigger, conditions and steps, paused, and commit.
+
+    The copy's Call API action gets a new signing secret, so receivers can tell
+    the two automations apart. Returns the copy.
+    """
+    name = automation.name
+    copy_ = Automation(
+        account_id=automation.account_id,
+        name=("Copy of " + name)[: Automation.name.type.length],
+        event_model=automation.event_model,
+        event_action=automation.event_action,
+        conditions=copy.deepcopy(automation.conditions or []),
+    )
+    for position, action in enumerate(current_actions(automation)):
+        copy_.actions.append(
+            Action(
+                kind=action.kind,
+                position=position,
+                url=action.url,
+                failure_email=action.failure_email,
+                content_type=action.content_type,
+                custom_headers=copy.deepcopy(action.custom_headers or {}),
+                settings=copy.deepcopy(action.settings or {}),
+                signing_secret=new_signing_secret(),
+            )
+        )
+    db.session.add(copy_)
+    db.session.flush()
+    deliveries.pause_automation(copy_, f"a copy of {name}; resume it to start")
+    db.session.commit()
+    log.info("automation %s duplicated as %s", automation.id, copy_.id)
+    return copy_
 
 
 def rotate_secret(action, grace_seconds):
@@ -135,12 +257,24 @@ def _missed_events_filter(automation, since):
 
 
 def replay_events(automation, since):
-    """Create and queue deliveries for matching events since `since` that have none."""
-    action = call_api_action(automation)
-    if action is None:
+    """Create and queue deliveries of every current step for matching events since `since`.
+
+    A step that already has a delivery for an event is not run again for it.
+    Returns the number of events replayed.
+    """
+    actions = current_actions(automation)
+    if not actions:
         return 0
-    delivered = db.select(Delivery.event_id).where(Delivery.action_id == action.id)
-    event_ids = _missed_events(automation, since, exclude=delivered)
+    action_ids = [action.id for action in actions]
+    done = {
+        (event_id, action_id)
+        for event_id, action_id in db.session.execute(
+            db.select(Delivery.event_id, Delivery.action_id).where(
+                Delivery.action_id.in_(action_ids)
+            )
+        )
+    }
+    event_ids = _missed_events(automation, since)
     now = utcnow()
     rows = [
         Delivery(
@@ -151,13 +285,15 @@ def replay_events(automation, since):
             next_attempt_at=now,
         )
         for event_id in event_ids
+        for action in actions
+        if (event_id, action.id) not in done
     ]
     db.session.add_all(rows)
     db.session.commit()
-    for row in rows:
-        queue.enqueue_delivery(row.id)
-    log.info("automation %s replayed %d events since %s", automation.id, len(rows), since)
-    return len(rows)
+    queue.enqueue_deliveries([row.id for row in rows])
+    replayed = len({row.event_id for row in rows})
+    log.info("automation %s replayed %d events since %s", automation.id, replayed, since)
+    return replayed
 
 
 def delete(automation):

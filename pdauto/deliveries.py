@@ -19,7 +19,7 @@ from sqlalchemy.orm import joinedload
 
 from . import actions, events, metrics, notify, queue
 from .extensions import db
-from .models import Attempt, Automation, Delivery, Event, FailureNotice, utcnow
+from .models import Attempt, Automation, Delivery, Event, FailureNotice, new_delivery_id, utcnow
 from .webhooks import WebhookRequest, mask_url
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ MAX_ERROR_LENGTH = 500
 
 # The maximum rows of each kind that one sweep queues. The next sweep takes the rest.
 SWEEP_BATCH_SIZE = 1000
+
+# Events waiting this long get a dispatch job each from the sweep.
+STUCK_EVENT_SECONDS = 60
 
 # A dispatch job writes the attempts that succeeded in groups of this many, or
 # after this long, so a worker that dies loses the log rows of one group at most.
@@ -78,48 +81,98 @@ def build_request(action, webhook_id, payload):
 def dispatch_event(event_id, claim=False):
     """Create the deliveries of an event once, and return the ids to send now.
 
-    Claiming the event with a conditional UPDATE makes a second dispatch (the
-    sweep racing a job) a no-op. With `claim`, the deliveries start in state
-    sending under a lease, for the caller to send with send_claimed.
+    With `claim`, the deliveries start in state sending under a lease, for the
+    caller to send with send_claimed.
+    """
+    return dispatch_events([event_id], claim=claim)
+
+
+def dispatch_waiting(limit, claim=True):
+    """Dispatch up to `limit` events not yet dispatched, oldest first.
+
+    Returns (delivery ids in order, number of events read). An event that another
+    worker claims first is skipped.
+    """
+    event_ids = waiting_event_ids(limit)
+    if not event_ids:
+        db.session.rollback()
+        return [], 0
+    return dispatch_events(event_ids, claim=claim), len(event_ids)
+
+
+def waiting_event_ids(limit):
+    """Return the ids of the oldest events not yet dispatched, at most `limit`."""
+    return db.session.scalars(
+        db.select(Event.id)
+        .where(Event.dispatched_at.is_(None), Event.occurred_at <= utcnow())
+        .order_by(Event.id)
+        .limit(limit)
+    ).all()
+
+
+def dispatch_events(event_ids, claim=False):
+    """Create the deliveries of events once, and return their ids in event and step order.
+
+    Claiming the events with a conditional UPDATE makes a second dispatch (the
+    sweep racing a job) a no-op. One commit covers the claim and the deliveries.
     """
     now = utcnow()
     lease = timedelta(seconds=current_app.config["DELIVERY_LEASE_SECONDS"])
-    claimed = db.session.execute(
-        update(Event)
-        .where(Event.id == event_id, Event.dispatched_at.is_(None))
-        .values(dispatched_at=now)
-    ).rowcount
+    claimed = (
+        db.session.execute(
+            update(Event)
+            .where(Event.id.in_(event_ids), Event.dispatched_at.is_(None))
+            .values(dispatched_at=now)
+            .returning(Event.id)
+        )
+        .scalars()
+        .all()
+    )
     if not claimed:
         db.session.rollback()
         return []
 
-    event = db.session.get(Event, event_id)
-    deliveries = []
-    for automation in events.matching_automations(event):
-        # Actions run in their position order; each has its own delivery and outcome.
-        for action in automation.actions:
-            deliveries.append(
-                Delivery(
-                    account_id=event.account_id,
-                    event_id=event.id,
-                    action_id=action.id,
-                    automation_id=automation.id,
-                    next_attempt_at=now,
-                    state="sending" if claim else "pending",
-                    lease_expires_at=now + lease if claim else None,
+    rows = []
+    candidates = {}
+    for event in db.session.scalars(
+        db.select(Event).where(Event.id.in_(claimed)).order_by(Event.id)
+    ):
+        trigger = (event.account_id, event.model, event.action)
+        if trigger not in candidates:
+            candidates[trigger] = events.triggered_automations(*trigger)
+        for automation in events.matching(candidates[trigger], event):
+            # Steps run in their position order; each has its own delivery and outcome.
+            for action in automation.actions:
+                if action.removed_at is not None:
+                    continue
+                rows.append(
+                    {
+                        "id": new_delivery_id(),
+                        "account_id": event.account_id,
+                        "event_id": event.id,
+                        "action_id": action.id,
+                        "automation_id": automation.id,
+                        "next_attempt_at": now,
+                        "state": "sending" if claim else "pending",
+                        "lease_expires_at": now + lease if claim else None,
+                        "created_at": now,
+                    }
                 )
-            )
-    db.session.add_all(deliveries)
+    if rows:
+        db.session.execute(insert(Delivery), rows)
     db.session.commit()
 
-    delivery_ids = [delivery.id for delivery in deliveries]
     log.info(
-        "event %s of account %s dispatched to %d deliveries",
-        event_id,
-        event.account_id,
-        len(delivery_ids),
+        "events %s dispatched to %d deliveries",
+        _describe_ids(claimed),
+        len(rows),
     )
-    return delivery_ids
+    return [row["id"] for row in rows]
+
+
+def _describe_ids(ids, shown=10):
+    text = ", ".join(str(row_id) for row_id in ids[:shown])
+    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def claim(delivery_id, now):
@@ -589,13 +642,21 @@ def sweep(now=None, grace_seconds=30):
     if expired:
         log.warning("sweep took back %d deliveries whose lease expired", expired)
 
-    event_ids = db.session.scalars(
-        db.select(Event.id)
+    waiting = db.session.execute(
+        db.select(Event.id, Event.occurred_at)
         .where(Event.dispatched_at.is_(None), Event.occurred_at <= now)
         .order_by(Event.id)
         .limit(SWEEP_BATCH_SIZE)
     ).all()
-    events_queued = queue.enqueue_dispatches(event_ids)
+    if waiting:
+        queue.request_dispatch()
+    # An event that waits long gets a job of its own as well, so an event whose
+    # dispatch fails cannot hold back the others.
+    stuck_before = now - timedelta(seconds=STUCK_EVENT_SECONDS)
+    queue.enqueue_event_dispatches(
+        [event_id for event_id, occurred_at in waiting if occurred_at <= stuck_before]
+    )
+    events_queued = len(waiting)
 
     due_ids = db.session.scalars(
         db.select(Delivery.id)

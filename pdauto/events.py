@@ -3,6 +3,8 @@
 from datetime import date, datetime
 from decimal import Decimal
 
+from sqlalchemy.orm import selectinload
+
 from . import conditions
 from .extensions import db
 from .models import Automation, Event, utcnow
@@ -53,19 +55,29 @@ def record_change(record, action, changes=None):
 
 def matching_automations(event):
     """Return the active automations of the event's account whose trigger and conditions fit it."""
-    candidates = db.session.scalars(
+    return matching(triggered_automations(event.account_id, event.model, event.action), event)
+
+
+def triggered_automations(account_id, model, action):
+    """Return the active automations of an account with this trigger, their steps loaded."""
+    return db.session.scalars(
         db.select(Automation)
         .where(
-            Automation.account_id == event.account_id,
-            Automation.event_model == event.model,
-            Automation.event_action == event.action,
+            Automation.account_id == account_id,
+            Automation.event_model == model,
+            Automation.event_action == action,
             Automation.active.is_(True),
             Automation.deleted_at.is_(None),
         )
+        .options(selectinload(Automation.actions))
         .order_by(Automation.id)
     ).all()
+
+
+def matching(automations, event):
+    """Return the automations among `automations` whose conditions fit the event."""
     return [
         automation
-        for automation in candidates
+        for automation in automations
         if conditions.conditions_match(automation.conditions, event)
     ]

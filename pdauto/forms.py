@@ -222,3 +222,77 @@ class EditUserForm(FlaskForm):
 class ChangePasswordForm(FlaskForm):
     current_password = PasswordField("Current password", validators=[DataRequired()])
     new_password = PasswordField("New password", validators=[DataRequired(), PASSWORD_LENGTH])
+
+
+# The builder's further steps. Each step's inputs are named "step-<key>-<setting>",
+# and the "step_key" inputs list the keys in the order the steps run, so a checkbox
+# that is not checked (and so not sent) still belongs to the right step.
+STEP_TEXT_SETTINGS = ("kind", "id", "to", "subject", "body", "assignee_id", "due_days", "title")
+NEW_STEP_KEY = "__key__"
+
+
+def blank_step(kind):
+    """Return the inputs of a new step of `kind`, as the builder's templates show it."""
+    row = dict.fromkeys(STEP_TEXT_SETTINGS, "")
+    row.update(key=NEW_STEP_KEY, kind=kind, to_owner=False, due_days="1", error="")
+    return row
+
+
+def steps_from_formdata(formdata):
+    """Return the submitted steps as the user typed them, in the order they run."""
+    rows = []
+    for key in dict.fromkeys(formdata.getlist("step_key")):
+        row = {name: formdata.get(f"step-{key}-{name}", "") for name in STEP_TEXT_SETTINGS}
+        row.update(key=key, to_owner=formdata.get(f"step-{key}-to_owner") == "yes", error="")
+        rows.append(row)
+    return rows
+
+
+def steps_from_actions(actions):
+    """Return the inputs that show saved Send email and Create task actions."""
+    rows = []
+    for action in actions:
+        settings = action.settings or {}
+        row = blank_step(action.kind)
+        row.update(
+            key=f"s{action.id}",
+            id=str(action.id),
+            to=", ".join(settings.get("to", [])),
+            to_owner=bool(settings.get("to_owner")),
+            subject=settings.get("subject", ""),
+            body=settings.get("body", ""),
+            assignee_id=str(settings.get("assignee_id", "")),
+            due_days=str(settings.get("due_days", "")),
+            title=settings.get("title", ""),
+        )
+        rows.append(row)
+    return rows
+
+
+def whole_number(text):
+    """Return `text` as an int if it is ASCII digits, else None."""
+    text = text.strip()
+    # str.isdigit() alone also accepts digits such as "²" that int() rejects.
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def step_to_submit(row):
+    """Return a typed step as clean_steps takes it: kind, id and raw settings."""
+    action_id = whole_number(row["id"])
+    if action_id is None and row["id"].strip():
+        # No action has id 0, so clean_steps rejects the step.
+        action_id = 0
+    if row["kind"] == "send_email":
+        settings = {
+            "to": row["to"],
+            "to_owner": row["to_owner"],
+            "subject": row["subject"],
+            "body": row["body"],
+        }
+    else:
+        settings = {
+            "assignee_id": whole_number(row["assignee_id"]),
+            "due_days": whole_number(row["due_days"]),
+            "title": row["title"],
+        }
+    return {"id": action_id, "kind": row["kind"], "settings": settings}

@@ -4,7 +4,8 @@ import logging
 
 from flask import current_app
 
-from . import deliveries, notify
+from . import deliveries, notify, queue
+from .extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +26,49 @@ def get_sender():
     return sender
 
 
-def dispatch_event(event_id):
-    """Create an event's deliveries and send their first attempts, in order.
+def dispatch_waiting():
+    """Dispatch the events waiting to be dispatched, a batch at a time, and send them.
 
-    Sending here, not from one job per delivery, saves RQ's cost per job and lets
-    the successes be written in bulk. A delivery left over when the time budget
+    When a batch is full, another job is queued first, so a second worker can
+    take the next batch while this one sends.
+    """
+    queue.clear_dispatch_flag()
+    batch = current_app.config["DISPATCH_BATCH_EVENTS"]
+    try:
+        delivery_ids, event_count = deliveries.dispatch_waiting(batch)
+    except Exception:
+        # One event that cannot be dispatched must not hold back the batch, so
+        # each event gets a job of its own, and only that event's job fails.
+        db.session.rollback()
+        log.exception("dispatching a batch of events failed; dispatching them one by one")
+        queue.enqueue_event_dispatches(deliveries.waiting_event_ids(batch))
+        return 0
+    if event_count == batch:
+        queue.request_dispatch()
+    _send_first_attempts(delivery_ids)
+    return len(delivery_ids)
+
+
+def dispatch_event(event_id):
+    """Create one event's deliveries and send their first attempts, in order."""
+    delivery_ids = deliveries.dispatch_event(event_id, claim=True)
+    _send_first_attempts(delivery_ids)
+    return len(delivery_ids)
+
+
+def _send_first_attempts(delivery_ids):
+    """Send first attempts in this job, which saves RQ's cost of a job per delivery.
+
+    The successes are written in bulk. A delivery left over when the time budget
     is spent gets a job of its own.
     """
-    delivery_ids = deliveries.dispatch_event(event_id, claim=True)
-    if delivery_ids:
-        config = current_app.config
-        # The budget stays well inside the lease, so no sweep takes a delivery
-        # back while this job may still send it.
-        budget = min(config["DISPATCH_SEND_BUDGET_SECONDS"], config["DELIVERY_LEASE_SECONDS"] / 3)
-        deliveries.send_claimed(delivery_ids, get_sender(), budget)
-    return len(delivery_ids)
+    if not delivery_ids:
+        return
+    config = current_app.config
+    # The budget stays well inside the lease, so no sweep takes a delivery back
+    # while this job may still send it.
+    budget = min(config["DISPATCH_SEND_BUDGET_SECONDS"], config["DELIVERY_LEASE_SECONDS"] / 3)
+    deliveries.send_claimed(delivery_ids, get_sender(), budget)
 
 
 def deliver(delivery_id):

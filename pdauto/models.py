@@ -232,6 +232,9 @@ class Action(db.Model):
     previous_signing_secret = db.Column(db.String(100), nullable=True)
     previous_secret_expires_at = db.Column(db.DateTime, nullable=True)
     settings = db.Column(JSON, nullable=False, default=dict)
+    # Set when the step is removed in the builder. The row stays, because its
+    # deliveries refer to it and their history stays readable.
+    removed_at = db.Column(db.DateTime, nullable=True)
 
     automation = db.relationship(Automation, back_populates="actions")
 

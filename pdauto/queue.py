@@ -7,6 +7,7 @@ delivery has at most one waiting job, because the job id is derived from the
 row id and a job that is already waiting is not queued again.
 """
 
+import contextlib
 import hashlib
 import logging
 
@@ -17,7 +18,9 @@ from rq.job import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
-QUEUE_NAMES = ("deliveries", "notices", "default")
+# Workers take jobs in this order. Failure emails come first, because they are few
+# and a flood of retries would otherwise hold them back.
+QUEUE_NAMES = ("notices", "deliveries", "default")
 
 
 def get_redis():
@@ -36,6 +39,10 @@ def redis_key(*parts):
     """Return a Redis key under this installation's prefix."""
     prefix = current_app.config["PDAUTO_REDIS_PREFIX"]
     return ":".join([prefix, *map(str, parts)])
+
+
+# How long the flag that a dispatch job is queued may live without the job clearing it.
+DISPATCH_FLAG_SECONDS = 30
 
 
 def get_queue(name):
@@ -142,12 +149,56 @@ def _try_enqueue_row_jobs(kind, func, row_ids):
 
 
 def enqueue_dispatch(event_id):
-    """Queue the dispatch of one event unless it is already waiting, and return 1 or 0."""
+    """Make sure a dispatch job will read a committed event; see enqueue_dispatches."""
     return enqueue_dispatches([event_id])
 
 
 def enqueue_dispatches(event_ids):
-    """Queue the dispatch of each event that is not already waiting, and return how many."""
+    """Make sure a dispatch job will read committed events, and return 1 if one was queued.
+
+    One job dispatches every waiting event in batches, so a burst of changes
+    costs a few jobs, not one each. A flag in Redis marks that such a job is
+    queued. The job clears it before it reads the events, so an event committed
+    before the flag was seen is read by that job. The flag expires, so a job
+    lost with its flag still set holds nothing back for long, and the sweep
+    dispatches events that wait too long anyway.
+    """
+    if not event_ids:
+        return 0
+    return request_dispatch()
+
+
+def request_dispatch():
+    """Queue a dispatch job unless one is queued already; return 1 if this call queued it."""
+    from . import jobs
+
+    try:
+        if not get_redis().set(_dispatch_flag_key(), 1, nx=True, ex=DISPATCH_FLAG_SECONDS):
+            return 0
+        _enqueue("deliveries", jobs.dispatch_waiting, result_ttl=0)
+    except redis.RedisError as error:
+        log.warning("could not queue a dispatch job, the sweep will dispatch the events: %s", error)
+        with contextlib.suppress(redis.RedisError):
+            get_redis().delete(_dispatch_flag_key())
+        return 0
+    return 1
+
+
+def clear_dispatch_flag():
+    """Let the next commit queue a dispatch job; call before reading the waiting events."""
+    get_redis().delete(_dispatch_flag_key())
+
+
+def _dispatch_flag_key():
+    return f"{current_app.config['PDAUTO_REDIS_PREFIX']}:dispatch-queued"
+
+
+def enqueue_event_dispatches(event_ids):
+    """Queue a job for each event's own dispatch unless one is waiting, and return how many.
+
+    The sweep uses these for events that waited too long, so that one stuck
+    event does not depend on the batch job.
+    """
     from . import jobs
 
     return _try_enqueue_row_jobs("dispatch", jobs.dispatch_event, list(event_ids))

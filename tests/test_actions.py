@@ -10,7 +10,7 @@ import pytest
 
 from pdauto import actions, crm
 from pdauto.extensions import db
-from pdauto.models import Action, Attempt, Delivery, Task, User
+from pdauto.models import Action, Attempt, Automation, Delivery, Task, User
 from tests.conftest import run_jobs
 from tests.factories import make_automation
 
@@ -297,6 +297,8 @@ def test_task_step_checks_its_user(app, users):
             ({"assignee_id": "", "title": "T"}, "Choose the user"),
             ({"assignee_id": users["rep"][0], "due_days": 400, "title": "T"}, "0 to 365"),
             ({"assignee_id": users["rep"][0], "due_days": "soon", "title": "T"}, "whole number"),
+            ({"assignee_id": users["rep"][0], "due_days": "²", "title": "T"}, "whole number"),
+            ({"assignee_id": "²", "title": "T"}, "Choose the user"),
             ({"assignee_id": users["rep"][0], "title": " "}, "Enter the task title"),
         ]:
             with pytest.raises(actions.InvalidAction, match=message):
@@ -349,3 +351,31 @@ def test_steps_run_in_order_despite_failure(app, users, receiver, smtp_server, m
         ]
         assert started == sorted(started)
         assert db.session.scalar(db.select(db.func.count(Task.id))) == 1
+
+
+def test_replay_runs_every_step(app, users, receiver, smtp_server, manager):
+    """Resuming with replay runs each current step for the events missed while paused."""
+    from pdauto import automations
+
+    account_id = users["manager"][2]
+    with app.app_context():
+        automation = make_automation(account_id, receiver.url("/hook"), failure_email="")
+        add_step(automation, "send_email", {"to": "a@example.com", "subject": "S", "body": "B"})
+        add_step(automation, "create_task", {"assignee_id": manager.id, "title": "T"})
+        automation_id = automation.id
+        automations.pause(automation)
+        new_deal(account_id)
+        new_deal(account_id, name="Second")
+    run_jobs(app)
+    assert receiver.requests == []
+
+    with app.app_context():
+        automation = db.session.get(Automation, automation_id)
+        held, replayed = automations.resume(automation, replay=True)
+        assert replayed == 2
+    run_jobs(app)
+
+    assert len(receiver.wait_for_requests(2)) == 2
+    assert len(smtp_server.wait_for(2)) == 2
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count(Task.id))) == 2

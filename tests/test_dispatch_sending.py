@@ -145,3 +145,92 @@ def test_dead_dispatch_left_to_sweep(app, users, receiver):
     assert request.headers["webhook-id"] == delivery_id
     with app.app_context():
         assert db.session.get(Delivery, delivery_id).state == "succeeded"
+
+
+def test_burst_of_changes_uses_few_jobs(app, users, receiver):
+    account_id = users["manager"][2]
+    event_count = 250
+    with app.app_context():
+        make_automation(account_id, receiver.url("/hook"))
+        for _ in range(event_count):
+            deal_event(account_id)
+
+    # Every commit found the job of the first one still queued.
+    assert queued_job_count(app) == 1
+
+    run_jobs(app, rounds=10)
+
+    assert len(receiver.wait_for_requests(event_count)) == event_count
+    with app.app_context():
+        assert set(db.session.scalars(db.select(Delivery.state))) == {"succeeded"}
+        assert db.session.scalar(db.select(db.func.count(Delivery.id))) == event_count
+        assert db.session.scalar(db.select(db.func.count(Attempt.id))) == event_count
+
+
+def test_commit_after_the_job_starts_queues_another(app, users, receiver):
+    """The job clears its flag before it reads the events, so a later commit queues a job."""
+    account_id = users["manager"][2]
+    with app.app_context():
+        make_automation(account_id, receiver.url("/hook"))
+        deal_event(account_id)
+        assert queue.request_dispatch() == 0
+        # What a dispatch job does first.
+        queue.clear_dispatch_flag()
+        assert queue.request_dispatch() == 1
+
+
+def test_failing_batch_falls_back_per_event(app, users, receiver, monkeypatch):
+    """An event whose dispatch raises fails in its own job; the rest are delivered."""
+    account_id = users["manager"][2]
+    with app.app_context():
+        make_automation(account_id, receiver.url("/hook"))
+        event_ids = [deal_event(account_id) for _ in range(3)]
+        queue.get_redis().flushdb()
+    poison = event_ids[1]
+    dispatch_events = deliveries.dispatch_events
+
+    def dispatch_or_raise(ids, claim=False):
+        if poison in ids:
+            raise RuntimeError("cannot dispatch this event")
+        return dispatch_events(ids, claim=claim)
+
+    monkeypatch.setattr(deliveries, "dispatch_events", dispatch_or_raise)
+    with app.app_context():
+        assert jobs.dispatch_waiting() == 0
+    assert queued_job_count(app) == 3
+
+    run_jobs(app)
+
+    assert len(receiver.wait_for_requests(2)) == 2
+    with app.app_context():
+        waiting = db.session.scalars(db.select(Event.id).where(Event.dispatched_at.is_(None)))
+        assert list(waiting) == [poison]
+
+
+def test_sweep_queues_batch_and_stuck_events(app, users, receiver):
+    account_id = users["manager"][2]
+    with app.app_context():
+        make_automation(account_id, receiver.url("/hook"))
+        fresh = deal_event(account_id)
+        stuck = deal_event(account_id)
+        db.session.execute(
+            update(Event)
+            .where(Event.id == stuck)
+            .values(occurred_at=utcnow() - timedelta(seconds=deliveries.STUCK_EVENT_SECONDS + 5))
+        )
+        db.session.commit()
+        queue.get_redis().flushdb()
+
+        counts = deliveries.sweep()
+
+    assert counts["events"] == 2
+    with app.app_context():
+        job_ids = queue.get_queue("deliveries").job_ids
+    # One batch job for both events, and a job of its own for the one that waited long.
+    assert len(job_ids) == 2
+    assert any(job_id.endswith(f"-dispatch-{stuck}") for job_id in job_ids)
+    assert not any(job_id.endswith(f"-dispatch-{fresh}") for job_id in job_ids)
+
+    run_jobs(app)
+
+    assert len(receiver.wait_for_requests(2)) == 2

@@ -471,7 +471,7 @@ def test_two_workers_and_sweep_deliver_500_events(app, users, receiver, start_wo
 
     assert exit_codes == [0, 0]
     for output in outputs:
-        assert "pdauto.jobs.deliver(" in output
+        assert "pdauto.jobs.dispatch_" in output
     assert any("sweep queued" in output for output in outputs)
 
     successes = successes_per_delivery(app)

@@ -62,6 +62,7 @@ ACCESS = {
     "automations.edit_automation": MANAGERS,
     "automations.test_now": MANAGERS,
     "automations.rotate_secret": MANAGERS,
+    "automations.duplicate_automation": MANAGERS,
     "automations.pause_automation": MANAGERS,
     "automations.resume_automation": MANAGERS,
     "automations.delete_automation": MANAGERS,

@@ -173,3 +173,106 @@
     }
   });
 })();
+
+// Builder steps after Call API: add a step from its kind's template, move it up or
+// down, remove it. The form sends the steps in the order they appear.
+(function () {
+  "use strict";
+
+  var PLACEHOLDER_KEY = "__key__";
+  var KEYED_ATTRIBUTES = ["name", "id", "value", "aria-describedby"];
+  var addedSteps = 0;
+
+  // Return a key that no other step of the page has, because a step's inputs are named after it.
+  function newStepKey() {
+    addedSteps += 1;
+    return "n" + Date.now().toString(36) + addedSteps;
+  }
+
+  function setStepKey(fragment, key) {
+    fragment.querySelectorAll("[name], [id], [aria-describedby]").forEach(function (element) {
+      KEYED_ATTRIBUTES.forEach(function (attribute) {
+        var value = element.getAttribute(attribute);
+        if (value && value.indexOf(PLACEHOLDER_KEY) !== -1) {
+          element.setAttribute(attribute, value.split(PLACEHOLDER_KEY).join(key));
+        }
+      });
+    });
+  }
+
+  function addStep(kind) {
+    var template = document.getElementById("step-template-" + kind);
+    var list = document.getElementById("steps");
+    if (!template || !list) {
+      return;
+    }
+    var fragment = template.content.cloneNode(true);
+    setStepKey(fragment, newStepKey());
+    var step = fragment.querySelector("[data-step]");
+    list.appendChild(fragment);
+    var first = step && step.querySelector("input:not([type=hidden]), select, textarea");
+    if (first) {
+      first.focus();
+    }
+  }
+
+  function moveStep(button) {
+    var step = button.closest("[data-step]");
+    if (!step) {
+      return;
+    }
+    if (button.getAttribute("data-move-step") === "up") {
+      if (step.previousElementSibling) {
+        step.parentNode.insertBefore(step, step.previousElementSibling);
+      }
+    } else if (step.nextElementSibling) {
+      step.parentNode.insertBefore(step.nextElementSibling, step);
+    }
+    // Moving an element in the document takes the focus away from the button in it.
+    button.focus();
+  }
+
+  function removeStep(button) {
+    var step = button.closest("[data-step]");
+    if (!step) {
+      return;
+    }
+    var neighbour = step.nextElementSibling || step.previousElementSibling;
+    step.remove();
+    var next = neighbour
+      ? neighbour.querySelector("[data-remove-step]")
+      : document.querySelector("[data-add-step]");
+    if (next) {
+      next.focus();
+    }
+  }
+
+  document.addEventListener("click", function (event) {
+    var add = event.target.closest("[data-add-step]");
+    if (add) {
+      addStep(add.getAttribute("data-add-step"));
+      return;
+    }
+    var move = event.target.closest("[data-move-step]");
+    if (move) {
+      moveStep(move);
+      return;
+    }
+    var remove = event.target.closest("[data-remove-step]");
+    if (remove) {
+      removeStep(remove);
+    }
+  });
+
+  // The hint lists the fields that templates may use, for the chosen kind of record.
+  document.addEventListener("change", function (event) {
+    if (event.target.name !== "event_model") {
+      return;
+    }
+    var hint = document.getElementById("step-fields-hint");
+    var text = hint && hint.getAttribute("data-hint-" + event.target.value);
+    if (text) {
+      hint.textContent = text;
+    }
+  });
+})();

@@ -214,6 +214,8 @@ def _action_json(action):
         data["content_type"] = action.content_type
         data["failure_email"] = action.failure_email
         data["custom_header_names"] = sorted(action.custom_headers or {})
+    else:
+        data["settings"] = dict(action.settings or {})
     return data
 
 
@@ -230,7 +232,10 @@ def _automation_json(automation):
         "deleted_at": _timestamp(automation.deleted_at),
         "created_at": _timestamp(automation.created_at),
         "updated_at": _timestamp(automation.updated_at),
-        "actions": [_action_json(action) for action in automation.actions],
+        # Steps removed in the builder are kept for their deliveries, but no longer run.
+        "actions": [
+            _action_json(action) for action in automation.actions if action.removed_at is None
+        ],
     }
 
 

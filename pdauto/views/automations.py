@@ -6,13 +6,20 @@ from datetime import UTC, datetime
 from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user, login_required
 
+from .. import actions, deliveries, delivery_log, proofs
 from .. import automations as domain
-from .. import deliveries, proofs
 from ..conditions import OPERATORS, InvalidConditions, fields_for, validate_conditions
 from ..extensions import db
-from ..forms import AutomationForm, TestNowForm
+from ..forms import (
+    AutomationForm,
+    TestNowForm,
+    blank_step,
+    step_to_submit,
+    steps_from_actions,
+    steps_from_formdata,
+)
 from ..health import health_by_automation
-from ..models import EVENT_MODELS, Attempt, Automation, Delivery, new_signing_secret
+from ..models import EVENT_MODELS, Attempt, Automation, User, new_signing_secret
 from ..webhooks import AddressPolicy, Sender, WebhookRequest, mask_url
 from .common import render, roles_required
 
@@ -49,7 +56,15 @@ def list_automations():
     )
 
 
-def _render_builder(form, automation=None, status=200, conditions=None):
+@bp.context_processor
+def _step_helpers():
+    return {
+        "current_actions": domain.current_actions,
+        "describe_action": actions.describe,
+    }
+
+
+def _render_builder(form, automation=None, status=200, conditions=None, steps=()):
     action = domain.call_api_action(automation) if automation else None
     if conditions is None:
         # Invalid rows come back as the user typed them, next to the message.
@@ -64,7 +79,20 @@ def _render_builder(form, automation=None, status=200, conditions=None):
         condition_fields={model: fields_for(model) for model in EVENT_MODELS},
         operators=OPERATORS,
         conditions_error=getattr(form, "conditions_error", ""),
+        steps=steps,
+        steps_invalid=any(step["error"] for step in steps),
+        new_steps={kind: blank_step(kind) for kind in domain.STEP_KINDS},
+        step_titles=actions.ACTION_TITLES,
+        assignees=_active_users(),
     )
+
+
+def _active_users():
+    return db.session.scalars(
+        db.select(User)
+        .where(User.account_id == current_user.account_id, User.active.is_(True))
+        .order_by(User.email)
+    ).all()
 
 
 def _typed_conditions():
@@ -88,10 +116,26 @@ def _conditions_from_request(form):
         return None
 
 
-def _form_data(form, conditions=()):
+def _steps_from_request(form, typed_steps, automation=None):
+    """Return the submitted steps cleaned, or None after putting each message on its step."""
+    if request.method != "POST":
+        return []
+    submitted = [step_to_submit(step) for step in typed_steps]
+    try:
+        return domain.clean_steps(
+            current_user.account_id, form.event_model.data, submitted, automation
+        )
+    except domain.InvalidSteps as error:
+        for index, message in error.errors.items():
+            typed_steps[index]["error"] = message
+        return None
+
+
+def _form_data(form, conditions=(), steps=()):
     data = dict(form.data)
     data["custom_headers_parsed"] = getattr(form.custom_headers, "parsed", {})
     data["conditions"] = list(conditions)
+    data["steps"] = list(steps)
     return data
 
 
@@ -106,10 +150,14 @@ def new_automation():
     if request.method == "GET":
         form.signing_secret.data = new_signing_secret()
     conditions = _conditions_from_request(form)
-    if form.validate_on_submit() and conditions is not None:
+    typed_steps = steps_from_formdata(request.form)
+    steps = _steps_from_request(form, typed_steps)
+    if form.validate_on_submit() and conditions is not None and steps is not None:
         try:
             automation = domain.save_automation(
-                current_user.account_id, _form_data(form, conditions), proof=form.test_proof.data
+                current_user.account_id,
+                _form_data(form, conditions, steps),
+                proof=form.test_proof.data,
             )
         except proofs.InvalidProof as error:
             form.url.errors.append(str(error))
@@ -117,7 +165,7 @@ def new_automation():
             flash(f"Saved the automation {automation.name}.", "success")
             return redirect(url_for("automations.show_automation", automation_id=automation.id))
     status = 422 if request.method == "POST" else 200
-    return _render_builder(form, status=status, conditions=conditions)
+    return _render_builder(form, status=status, conditions=conditions, steps=typed_steps)
 
 
 @bp.route("/<int:automation_id>/edit", methods=["GET", "POST"])
@@ -133,13 +181,16 @@ def edit_automation(automation_id):
         form.custom_headers.data = _header_lines(action.custom_headers or {})
     if request.method == "GET":
         conditions = list(automation.conditions or [])
+        typed_steps = steps_from_actions(domain.further_steps(automation))
     else:
         conditions = _conditions_from_request(form)
-    if form.validate_on_submit() and conditions is not None:
+        typed_steps = steps_from_formdata(request.form)
+    steps = _steps_from_request(form, typed_steps, automation)
+    if form.validate_on_submit() and conditions is not None and steps is not None:
         try:
             domain.save_automation(
                 current_user.account_id,
-                _form_data(form, conditions),
+                _form_data(form, conditions, steps),
                 automation=automation,
                 proof=form.test_proof.data,
             )
@@ -150,7 +201,9 @@ def edit_automation(automation_id):
             flash(f"Saved the automation {automation.name}.", "success")
             return redirect(url_for("automations.show_automation", automation_id=automation.id))
     status = 422 if request.method == "POST" else 200
-    return _render_builder(form, automation, status=status, conditions=conditions)
+    return _render_builder(
+        form, automation, status=status, conditions=conditions, steps=typed_steps
+    )
 
 
 @bp.route("/test", methods=["POST"])
@@ -277,6 +330,19 @@ def rotate_secret(automation_id):
         "success",
     )
     return redirect(url_for("automations.edit_automation", automation_id=automation.id))
+
+
+@bp.route("/<int:automation_id>/duplicate", methods=["POST"])
+@roles_required(*MANAGERS)
+def duplicate_automation(automation_id):
+    automation = _get_automation_or_404(automation_id)
+    copy = domain.duplicate(automation)
+    flash(
+        f"Copied {automation.name} to {copy.name}. The copy is paused: "
+        "resume it on its page when it is ready.",
+        "success",
+    )
+    return redirect(url_for("automations.edit_automation", automation_id=copy.id))
 
 
 @bp.route("/<int:automation_id>/pause", methods=["POST"])

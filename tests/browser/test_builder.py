@@ -254,8 +254,9 @@ def test_builder_usable_with_keyboard(builder, receiver):
 
     keyboard.press("Enter")
     expect(save_button(builder)).to_be_enabled()
-    # The result's "Response headers" and "Response body" toggles come first.
-    tab_to(builder, save_button(builder))
+    # The result's "Response headers" and "Response body" toggles and the two
+    # buttons that add steps come first.
+    tab_to(builder, save_button(builder), max_presses=7)
     keyboard.press("Enter")
 
     expect(builder.locator(".flash-success")).to_have_text(
@@ -286,3 +287,84 @@ def test_conditions_added_removed_and_saved(builder, receiver, app):
     with app.app_context():
         automation = db.session.scalar(db.select(Automation))
         assert automation.conditions == [{"field": "status", "op": "changed_to", "value": "won"}]
+
+
+def steps(page):
+    return page.locator("#steps .step")
+
+
+def test_steps_added_ordered_and_saved(builder, receiver, app, users):
+    manager_email = users["manager"][1]
+    fill_builder(builder, receiver.url("/hooks"), name="Deal created with steps")
+    hint = builder.locator("#step-fields-hint")
+    expect(hint).to_contain_text("{{ deal.name }}")
+
+    builder.get_by_role("button", name="Add Send email step").click()
+    email = steps(builder).nth(0)
+    expect(email.get_by_label("To", exact=True)).to_be_focused()
+    email.get_by_label("To", exact=True).fill("Ada Lovelace <ada@example.com>")
+    email.get_by_label("Also send to the record's owner").check()
+    email.get_by_label("Subject").fill("New deal {{ deal.name }}")
+    email.get_by_label("Body").fill("Worth {{ deal.value }}")
+    builder.get_by_role("button", name="Add Create task step").click()
+    task = steps(builder).filter(has_text="Create task")
+    task.get_by_label("Assign to").select_option(label=manager_email)
+    task.get_by_label("Due in (days)").fill("2")
+    task.get_by_label("Title").fill("Call about {{ deal.name }}")
+    task.get_by_role("button", name="Move up").click()
+    expect(steps(builder).nth(0)).to_contain_text("Create task")
+    expect(task.get_by_role("button", name="Move up")).to_be_focused()
+    run_test_button(builder).click()
+    expect(save_button(builder)).to_be_enabled()
+    save_button(builder).click()
+
+    expect(builder.locator(".flash-success")).to_have_text(
+        "Saved the automation Deal created with steps."
+    )
+    summary = builder.locator(".steps-summary li")
+    expect(summary).to_have_count(3)
+    expect(summary.nth(0)).to_contain_text("Call API: POST to")
+    expect(summary.nth(1)).to_have_text(
+        f"Create task for {manager_email}, due in 2 days: Call about {{{{ deal.name }}}}"
+    )
+    expect(summary.nth(2)).to_have_text(
+        "Send email to Ada Lovelace <ada@example.com>, the record's owner: New deal {{ deal.name }}"
+    )
+    with app.app_context():
+        automation = db.session.scalar(db.select(Automation))
+        assert [action.kind for action in automation.actions] == [
+            "call_api",
+            "create_task",
+            "send_email",
+        ]
+        assert automation.actions[2].settings["body"] == "Worth {{ deal.value }}"
+
+
+def test_step_hint_follows_record_kind(builder):
+    hint = builder.locator("#step-fields-hint")
+
+    builder.get_by_label("When a").select_option("company")
+
+    expect(hint).to_contain_text("The fields of a company: id, name, website")
+
+
+def test_steps_removed_with_keyboard(builder):
+    keyboard = builder.keyboard
+    add_email = builder.get_by_role("button", name="Add Send email step")
+    add_email.focus()
+    keyboard.press("Enter")
+    keyboard.press("Enter")
+    expect(steps(builder)).to_have_count(1)
+    add_email.focus()
+    keyboard.press("Enter")
+    expect(steps(builder)).to_have_count(2)
+
+    steps(builder).nth(0).get_by_role("button", name="Remove step").focus()
+    keyboard.press("Enter")
+
+    expect(steps(builder)).to_have_count(1)
+    remaining_remove = steps(builder).nth(0).get_by_role("button", name="Remove step")
+    expect(remaining_remove).to_be_focused()
+    keyboard.press("Enter")
+    expect(steps(builder)).to_have_count(0)
+    expect(add_email).to_be_focused()
