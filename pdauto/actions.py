@@ -87,7 +87,7 @@ SMTP_ERRORS = (smtplib.SMTPException, OSError)
 
 
 class InvalidAction(ValueError):
-    """Invalid settings of an action; the message tells the user what to change."""
+    """Invalid settings of an action; the message names what to change."""
 
 
 class TemplateProblem(ValueError):
@@ -211,9 +211,9 @@ def _validate_email(settings, event_model):
 
     subject = _text_setting(settings, "subject", "subject", MAX_SUBJECT_LENGTH)
     body = _text_setting(settings, "body", "body", MAX_BODY_LENGTH)
-    _check_templates((subject, "subject"), (body, "body"))
+    _check_templates(event_model, (subject, "subject"), (body, "body"))
     return {
-        "to": [email.utils.formataddr(recipient) for recipient in recipients],
+        "to": [format_recipient(*recipient) for recipient in recipients],
         "to_owner": to_owner,
         "subject": subject,
         "body": body,
@@ -225,14 +225,28 @@ def _split_recipients(text):
     if any(character in text for character in "\r\n\0"):
         raise InvalidAction("A recipient may not contain a line break.")
     return [
-        email.utils.formataddr((name, address)) if name else address
+        format_recipient(name, address)
         for name, address in email.utils.getaddresses([text.replace(";", ",")])
         if name or address
     ]
 
 
-def _check_templates(*templates):
-    """Raise InvalidAction unless each (source, what) parses and uses only what is allowed.
+def format_recipient(name, address):
+    """Return "Name <address>" as a person reads it; the mailer encodes it when it sends.
+
+    email.utils.formataddr would encode a name with non-ASCII letters (RFC 2047)
+    already here, and the builder would then show the encoded text.
+    """
+    if not name:
+        return address
+    if any(character in name for character in '()<>[]:;@\\,."'):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"
+
+
+def _check_templates(model, *templates):
+    """Raise InvalidAction unless each (source, what) parses, uses only what is allowed,
+    and names only fields that a record of `model` has.
 
     Whether a template renders depends on the record, so a failure to render
     is reported on the delivery that met it.
@@ -240,8 +254,34 @@ def _check_templates(*templates):
     for source, what in templates:
         try:
             check_template(source, what)
+            _check_names(source, what, model)
         except TemplateProblem as error:
             raise InvalidAction(str(error)) from error
+
+
+def _check_names(source, what, model):
+    """Raise TemplateProblem for a name or a record field that the template cannot use."""
+    known = {name: set(fields) for name, fields in _template_names(model).items()}
+    tree = _environment.parse(source)
+    for node in tree.find_all(nodes.Name):
+        if node.name not in known:
+            raise TemplateProblem(
+                f"The {what} uses {node.name!r}, which is not known here; use "
+                f"{', '.join(sorted(known))}."
+            )
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.attr not in known[node.node.name]:
+            fields = ", ".join(sorted(known[node.node.name]))
+            raise TemplateProblem(
+                f"The {what} uses {node.node.name}.{node.attr}, which a {model} does not "
+                f"have; its fields are {fields}."
+            )
+
+
+def _template_names(model):
+    """Return the names a template for `model` can use, each with its fields."""
+    context = sample_context(model)
+    return {name: list(value) for name, value in context.items()}
 
 
 def parse_recipient(text):
@@ -257,13 +297,28 @@ def parse_recipient(text):
     name, address = parsed[0]
     if not address:
         raise InvalidAction(f"{text.strip()!r} is not an email address.")
-    try:
-        address = validate_email(address, check_deliverability=False).normalized
-    except EmailNotValidError as error:
-        raise InvalidAction(f"{address!r} is not a valid email address: {error}") from error
+    address = ascii_address(address)
     if len(name) > 100:
         raise InvalidAction("A recipient's name may have at most 100 characters.")
     return name, address
+
+
+def ascii_address(address):
+    """Return `address` with its domain in ASCII (IDNA), or raise InvalidAction.
+
+    A mailbox name with non-ASCII letters needs SMTPUTF8, which pdauto does not
+    use, so such an address is rejected with a message rather than failing later.
+    """
+    try:
+        checked = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise InvalidAction(f"{address!r} is not a valid email address: {error}") from error
+    if checked.ascii_email is None:
+        raise InvalidAction(
+            f"{address!r} has letters other than ASCII before the @, which pdauto "
+            "cannot send to; use another address."
+        )
+    return checked.ascii_email
 
 
 def _validate_task(settings, account_id, event_model):
@@ -285,7 +340,7 @@ def _validate_task(settings, account_id, event_model):
         raise InvalidAction(f"The task can be due in 0 to {MAX_DUE_DAYS} days.")
 
     title = _text_setting(settings, "title", "task title", MAX_TITLE_LENGTH)
-    _check_templates((title, "task title"))
+    _check_templates(event_model, (title, "task title"))
     return {"assignee_id": assignee_id, "due_days": due_days, "title": title}
 
 
@@ -351,12 +406,16 @@ def run(action, event, account_id):
     together with the delivery, so a task is created exactly once.
     """
     started = time.monotonic()
-    if action.kind == "send_email":
-        outcome = _send_email(action, event, account_id)
-    elif action.kind == "create_task":
-        outcome = _create_task(action, event, account_id)
-    else:
-        outcome = ActionOutcome("failed", False, f"unknown action {action.kind!r}")
+    try:
+        if action.kind == "send_email":
+            outcome = _send_email(action, event, account_id)
+        elif action.kind == "create_task":
+            outcome = _create_task(action, event, account_id)
+        else:
+            outcome = ActionOutcome("failed", False, f"unknown action {action.kind!r}")
+    except Exception as error:  # one step's fault must not stop the job's other deliveries
+        log.exception("action %s failed on event %s", action.id, event.id)
+        outcome = ActionOutcome("failed", False, f"the step failed: {error}")
     outcome.duration_ms = (time.monotonic() - started) * 1000
     return outcome
 
@@ -391,7 +450,10 @@ def _send_email(action, event, account_id):
         return ActionOutcome("invalid", False, str(error))
     if settings.get("to_owner"):
         if owner is not None:
-            recipients.append(("", owner.email))
+            try:
+                recipients.append(("", ascii_address(owner.email)))
+            except InvalidAction as error:
+                return ActionOutcome("invalid", False, f"the record's owner: {error}")
         elif not recipients:
             return ActionOutcome("no_recipient", False, "the record has no active owner to email")
 
@@ -399,7 +461,7 @@ def _send_email(action, event, account_id):
         subject=_one_line(subject),
         # Flask-Mail encodes names with other than ASCII letters (RFC 2047).
         recipients=recipients,
-        body=body,
+        body=_wrap_long_lines(body),
         extra_headers={"Auto-Submitted": "auto-generated"},
     )
     headers = {"To": ", ".join(address for _, address in recipients), "Subject": message.subject}
@@ -441,6 +503,17 @@ def _deliver_message(message, outcome):
         outcome.error = (
             f"the connection to the mail server broke; the email may have been sent: {error}"
         )
+
+
+def _wrap_long_lines(text, width=900):
+    """Break lines longer than `width`, because mail servers reject lines over 998 bytes."""
+    lines = []
+    for line in text.splitlines():
+        while len(line) > width:
+            lines.append(line[:width])
+            line = line[width:]
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _one_line(text):

@@ -497,7 +497,7 @@ def _apply_outcome(delivery, attempt, outcome, now):
             occurred_at=now,
             delivery_id=delivery.id,
             attempt_id=attempt.id,
-            kind="gone" if outcome.kind == "gone" else "failure",
+            kind=_notice_kind(action, outcome),
         )
     # The email shows the newest notice in full, so a warning or pause notice
     # is recorded after the failure notice of the same attempt.
@@ -516,6 +516,12 @@ def _apply_outcome(delivery, attempt, outcome, now):
         delivery.state,
     )
     return delivery.state
+
+
+def _notice_kind(action, outcome):
+    if outcome.kind == "gone":
+        return "gone"
+    return "failure" if action.kind == "call_api" else "step_failure"
 
 
 def failure_address(delivery):

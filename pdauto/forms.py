@@ -184,6 +184,16 @@ class AutomationForm(CallApiFields, FlaskForm):
     def validate_url(self, field):
         validate_url_address(self, field)
 
+    def validate_failure_email(self, field):
+        from .actions import InvalidAction, ascii_address
+
+        if not field.data:
+            return
+        try:
+            field.data = ascii_address(field.data)
+        except InvalidAction as error:
+            raise ValidationError(str(error)) from error
+
 
 class TestNowForm(CallApiFields, FlaskForm):
     name = StringField("Name", filters=[strip], validators=[Length(max=200)])

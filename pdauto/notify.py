@@ -56,6 +56,7 @@ SUBJECT_NAME_LENGTH = 120
 KIND_TITLES = {
     "failure": "Webhook failed",
     "gone": "Webhook URL gone, automation paused",
+    "step_failure": "Automation step failed",
 }
 
 # Status strings returned by send_pending_notices.

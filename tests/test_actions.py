@@ -379,3 +379,142 @@ def test_replay_runs_every_step(app, users, receiver, smtp_server, manager):
     assert len(smtp_server.wait_for(2)) == 2
     with app.app_context():
         assert db.session.scalar(db.select(db.func.count(Task.id))) == 2
+
+
+def test_log_names_each_step(app, users, receiver, smtp_server, manager, manager_client):
+    account_id = users["manager"][2]
+    with app.app_context():
+        automation = make_automation(account_id, receiver.url("/hook"), failure_email="")
+        automation_id = automation.id
+        add_step(automation, "send_email", {"to": "a@example.com", "subject": "S", "body": "B"})
+        add_step(automation, "create_task", {"assignee_id": manager.id, "title": "T"})
+        new_deal(account_id)
+    run_jobs(app)
+
+    page = manager_client.get(f"/automations/{automation_id}").text
+
+    assert "1. Call API" in page
+    assert "2. Send email" in page
+    assert "3. Create task" in page
+    assert "mailto:a@example.com" in page
+    assert "POST mailto:" not in page
+
+
+# Addresses and names a person types
+
+
+def test_non_ascii_names_kept_readable(app, users):
+    with app.app_context():
+        cleaned = actions.validate_settings(
+            "send_email",
+            {
+                "to": 'Zoë Ångström <zoe@example.com>, "Doe, Jane" <jane@example.com>',
+                "subject": "S",
+                "body": "B",
+            },
+            users["manager"][2],
+            "deal",
+        )
+    assert cleaned["to"] == ["Zoë Ångström <zoe@example.com>", '"Doe, Jane" <jane@example.com>']
+
+
+@pytest.mark.parametrize(
+    ("recipient", "stored"),
+    [("a@exämple.com", "a@xn--exmple-cua.com"), ("jürgen@example.com", None)],
+)
+def test_non_ascii_addresses(app, users, recipient, stored):
+    """An IDN domain is sent in ASCII; a non-ASCII mailbox name gets a message, not a 500."""
+    with app.app_context():
+        settings = {"to": recipient, "subject": "S", "body": "B"}
+        if stored is None:
+            with pytest.raises(actions.InvalidAction, match="other than ASCII"):
+                actions.validate_settings("send_email", settings, users["manager"][2], "deal")
+        else:
+            cleaned = actions.validate_settings("send_email", settings, users["manager"][2], "deal")
+            assert cleaned["to"] == [stored]
+
+
+def test_owner_with_non_ascii_address_fails_alone(app, users, receiver, smtp_server):
+    """One step that cannot be sent fails with a message; the job's other deliveries go out."""
+    account_id = users["manager"][2]
+    with app.app_context():
+        owner = User(account_id=account_id, email="jürgen@example.com", role="rep")
+        owner.set_password("a long enough password")
+        db.session.add(owner)
+        db.session.commit()
+        automation = make_automation(account_id, receiver.url("/hook"), failure_email="")
+        add_step(automation, "send_email", {"to_owner": True, "subject": "S", "body": "B"})
+        make_automation(account_id, receiver.url("/other"), name="Other", failure_email="")
+        new_deal(account_id, owner_id=owner.id)
+
+    run_jobs(app)
+
+    assert len(receiver.wait_for_requests(2)) == 2
+    with app.app_context():
+        states = {
+            row.action.kind + str(row.automation_id): row.state for row in deliveries_in_order()
+        }
+        assert sorted(states.values()) == ["failed", "succeeded", "succeeded"]
+        failed = db.session.scalar(db.select(Delivery).where(Delivery.state == "failed"))
+        assert "other than ASCII" in failed.last_error
+
+
+def test_long_body_lines_are_wrapped(app, users, receiver, smtp_server):
+    account_id = users["manager"][2]
+    with app.app_context():
+        automation = make_automation(account_id, receiver.url("/hook"), failure_email="")
+        add_step(
+            automation, "send_email", {"to": "a@example.com", "subject": "S", "body": "x" * 5000}
+        )
+        new_deal(account_id)
+
+    run_jobs(app)
+
+    [sent] = smtp_server.wait_for(1)
+    assert sent.text.replace("\r\n", "\n").replace("\n", "") == "x" * 5000
+    assert max(len(line) for line in sent.message.as_string().splitlines()) <= 998
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ person.first_name }}", "'person', which is not known"),
+        ("{{ deal.nme }}", "deal.nme, which a deal does not have"),
+        ("{{ record.colour }}", "record.colour"),
+        ("{% if nothing %}x{% endif %}", "'nothing'"),
+    ],
+)
+def test_unknown_fields_rejected_at_save(app, users, source, message):
+    with app.app_context():
+        with pytest.raises(actions.InvalidAction, match=message):
+            actions.validate_settings(
+                "send_email",
+                {"to": "a@example.com", "subject": source, "body": "B"},
+                users["manager"][2],
+                "deal",
+            )
+        # Known fields of the record, the event and the owner pass.
+        actions.validate_settings(
+            "create_task",
+            {
+                "assignee_id": users["rep"][0],
+                "title": "{{ deal.name }} {{ record.owner_email }} "
+                "{{ event.action }} {{ deal.value | default(0) }}",
+            },
+            users["manager"][2],
+            "deal",
+        )
+
+
+def test_step_failure_email_names_the_step(app, users, receiver, smtp_server):
+    account_id = users["manager"][2]
+    with app.app_context():
+        automation = make_automation(account_id, receiver.url("/hook"))
+        add_step(automation, "send_email", {"to_owner": True, "subject": "S", "body": "B"})
+        new_deal(account_id)
+
+    run_jobs(app)
+
+    [notice] = smtp_server.wait_for(1)
+    assert notice.subject.startswith("Automation step failed:")
+    assert "Step:        Send email step" in notice.text

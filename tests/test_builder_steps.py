@@ -443,3 +443,20 @@ def test_duplicate_by_rep_forbidden(app, users, manager_client):
     assert response.status_code == 403
     assert count_rows(app, Automation) == 1
     assert "Duplicate" not in page
+
+
+def test_non_ascii_failure_address_gets_message(app, users, manager_client):
+    """A mailbox name with other than ASCII letters cannot be mailed, so it is not saved."""
+    response = manager_client.post(
+        "/automations/new",
+        data={
+            "name": "Deal hook",
+            "event_model": "deal",
+            "event_action": "created",
+            "url": "http://127.0.0.1:9/hook",
+            "failure_email": "jürgen@exämple.com",
+            "content_type": "application/json",
+        },
+    )
+    assert response.status_code == 422
+    assert "other than ASCII" in response.text

@@ -61,6 +61,7 @@ def _step_helpers():
     return {
         "current_actions": domain.current_actions,
         "describe_action": actions.describe,
+        "step_titles": actions.ACTION_TITLES,
     }
 
 
@@ -360,11 +361,16 @@ def resume_automation(automation_id):
     automation = _get_automation_or_404(automation_id)
     replay = request.form.get("replay") == "yes"
     held, replayed = domain.resume(automation, replay=replay)
-    message = f"Resumed {automation.name}; {held} held deliveries queued"
+    held_text = _count(held, "held delivery", "held deliveries")
+    message = f"Resumed {automation.name}; {held_text} queued"
     if replay:
-        message += f" and {replayed} missed events replayed"
+        message += f" and {_count(replayed, 'missed change', 'missed changes')} replayed"
     flash(message + ".", "success")
     return redirect(url_for("automations.show_automation", automation_id=automation.id))
+
+
+def _count(number, one, many):
+    return f"{number} {one if number == 1 else many}"
 
 
 @bp.route("/<int:automation_id>/delete", methods=["POST"])
