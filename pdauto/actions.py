@@ -23,6 +23,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .extensions import db, mail
 from .models import EVENT_MODELS, Task, User
+from .notify import header_text
 
 log = logging.getLogger(__name__)
 
@@ -402,8 +403,8 @@ class ActionOutcome:
 def run(action, event, account_id):
     """Run a Send email or Create task action for an event and return its outcome.
 
-    A Create task adds the task to the current session; the caller commits it
-    together with the delivery, so a task is created exactly once.
+    A Create task adds the task to the current session. The caller commits it
+    together with the delivery's outcome, so a delivery that succeeded made one task.
     """
     started = time.monotonic()
     try:
@@ -458,7 +459,7 @@ def _send_email(action, event, account_id):
             return ActionOutcome("no_recipient", False, "the record has no active owner to email")
 
     message = Message(
-        subject=_one_line(subject),
+        subject=header_text(subject),
         # Flask-Mail encodes names with other than ASCII letters (RFC 2047).
         recipients=recipients,
         body=_wrap_long_lines(body),
@@ -516,10 +517,6 @@ def _wrap_long_lines(text, width=900):
     return "\n".join(lines)
 
 
-def _one_line(text):
-    return " ".join(text.replace("\0", " ").split())
-
-
 def _create_task(action, event, account_id):
     settings = action.settings or {}
     assignee = db.session.get(User, settings.get("assignee_id") or 0)
@@ -532,7 +529,7 @@ def _create_task(action, event, account_id):
         )
     except TemplateProblem as error:
         return ActionOutcome("template_error", False, str(error))
-    title = _one_line(title) or "Follow up"
+    title = header_text(title) or "Follow up"
     due_on = date.today() + timedelta(days=int(settings.get("due_days", 0)))
     task = Task(
         account_id=account_id,

@@ -82,7 +82,7 @@ def load_settings():
         # deliveries left then get jobs of their own. Kept below the job timeout (60 s)
         # less one request's DELIVERY_TIMEOUT_SECONDS.
         "DISPATCH_SEND_BUDGET_SECONDS": _float("DISPATCH_SEND_BUDGET_SECONDS", 20.0),
-        # The most events one dispatch job reads at a time.
+        # The maximum number of events one dispatch job reads at a time.
         "DISPATCH_BATCH_EVENTS": _int("DISPATCH_BATCH_EVENTS", 100),
         "SWEEP_INTERVAL_SECONDS": _float("SWEEP_INTERVAL_SECONDS", 15.0),
         "TEST_PROOF_MAX_AGE_SECONDS": _int("TEST_PROOF_MAX_AGE_SECONDS", 3600),

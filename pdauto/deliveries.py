@@ -164,15 +164,10 @@ def dispatch_events(event_ids, claim=False):
 
     log.info(
         "events %s dispatched to %d deliveries",
-        _describe_ids(claimed),
+        notify.describe_ids(claimed, limit=10),
         len(rows),
     )
     return [row["id"] for row in rows]
-
-
-def _describe_ids(ids, shown=10):
-    text = ", ".join(str(row_id) for row_id in ids[:shown])
-    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def claim(delivery_id, now):

@@ -158,7 +158,7 @@ def send_pending_notices(address: str, now: datetime | None = None) -> str:
             "failure email to %s held back until %s: notices %s",
             address,
             _format_time(_from_timestamp(reservation.retry_at)),
-            _describe_ids(pending_ids),
+            describe_ids(pending_ids),
         )
         _schedule(address, reservation.retry_at, now_ts)
         metrics.record_emails(HELD)
@@ -212,14 +212,14 @@ def _claim_and_send(connection, address, pending_ids, now):
             "failure email %s sent to %s: notices %s",
             message_id,
             address,
-            _describe_ids(summary.ids),
+            describe_ids(summary.ids),
         )
     elif outcome == REJECTED:
         _finish_claim(address, message_id, state="pending", sent_at=None)
         log.warning(
             "SMTP server rejected failure email to %s, will retry: notices %s: %s",
             address,
-            _describe_ids(summary.ids),
+            describe_ids(summary.ids),
             error,
         )
     else:
@@ -229,7 +229,7 @@ def _claim_and_send(connection, address, pending_ids, now):
             " again: notices %s: %s",
             message_id,
             address,
-            _describe_ids(summary.ids),
+            describe_ids(summary.ids),
             error,
         )
     return outcome
@@ -264,7 +264,7 @@ def _expire_stale_claims(address, now):
     log.warning(
         "failure notices %s to %s were left in sending by a stopped process,"
         " so their email may or may not have gone out; marked unknown",
-        _describe_ids(stale_ids),
+        describe_ids(stale_ids),
         address,
     )
 
@@ -520,7 +520,8 @@ def _describe_span(seconds):
     return f"{seconds} seconds"
 
 
-def _describe_ids(ids, limit=20):
+def describe_ids(ids, limit=20):
+    """Return ids as a comma-separated list, the first `limit` of them and a count of the rest."""
     text = ", ".join(str(notice_id) for notice_id in ids[:limit])
     if len(ids) > limit:
         text += f" and {len(ids) - limit} more"

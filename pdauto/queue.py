@@ -160,8 +160,8 @@ def enqueue_dispatches(event_ids):
     costs a few jobs, not one each. A flag in Redis marks that such a job is
     queued. The job clears it before it reads the events, so an event committed
     before the flag was seen is read by that job. The flag expires, so a job
-    lost with its flag still set holds nothing back for long, and the sweep
-    dispatches events that wait too long anyway.
+    lost with its flag still set delays events only until the flag expires and
+    the next commit or sweep queues a job.
     """
     if not event_ids:
         return 0
