@@ -5,25 +5,25 @@ reservations scored by their time. One Lua script trims, counts and adds, so
 concurrent callers in any number of processes never exceed a limit.
 """
 
+import math
 import time
 import uuid
 from typing import NamedTuple
 
-# KEYS[1]: the subject's sorted set. ARGV: now, token, the longest window, then
-# (limit, window) pairs. A reservation scored s is inside a window of w seconds
-# at time t while s > t - w, so its slot frees at exactly s + w.
+# KEYS[1]: the subject's sorted set. ARGV: now, token. WINDOWS, LONGEST and
+# LONGEST_MS are written in by _reserve_script, so a call sends two arguments.
+# A reservation scored s is inside a window of w seconds at time t while
+# s > t - w, so its slot frees at exactly s + w. Returns nil when the token was
+# added, else the time at which every window has a free slot again.
 RESERVE_SCRIPT = """
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local token = ARGV[2]
-local longest = tonumber(ARGV[3])
 
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - LONGEST)
 
 local retry_at = nil
-for i = 4, #ARGV, 2 do
-    local limit = tonumber(ARGV[i])
-    local window = tonumber(ARGV[i + 1])
+for _, pair in ipairs(WINDOWS) do
+    local limit, window = pair[1], pair[2]
     local start = '(' .. string.format('%.6f', now - window)
     local used = redis.call('ZCOUNT', key, start, '+inf')
     if used >= limit then
@@ -40,13 +40,23 @@ for i = 4, #ARGV, 2 do
 end
 
 if retry_at ~= nil then
-    return {0, string.format('%.6f', retry_at)}
+    return string.format('%.6f', retry_at)
 end
 
-redis.call('ZADD', key, now, token)
-redis.call('PEXPIRE', key, math.ceil(longest * 1000))
-return {1, ''}
+redis.call('ZADD', key, now, ARGV[2])
+redis.call('PEXPIRE', key, LONGEST_MS)
+return nil
 """
+
+
+def _reserve_script(windows, longest):
+    """Return RESERVE_SCRIPT with the windows written in as Lua constants."""
+    pairs = ", ".join(f"{{{limit}, {float(seconds)!r}}}" for limit, seconds in windows)
+    return (
+        f"local WINDOWS = {{{pairs}}}\n"
+        f"local LONGEST = {float(longest)!r}\n"
+        f"local LONGEST_MS = {math.ceil(longest * 1000)}\n" + RESERVE_SCRIPT
+    )
 
 
 class Reservation(NamedTuple):
@@ -87,7 +97,7 @@ class RollingLimiter:
         self.key_prefix = key_prefix
         self.windows = tuple((int(limit), seconds) for limit, seconds in windows)
         self.longest = max(seconds for _, seconds in self.windows)
-        self._reserve = redis_client.register_script(RESERVE_SCRIPT)
+        self._reserve = redis_client.register_script(_reserve_script(self.windows, self.longest))
 
     def key(self, subject: str) -> str:
         return f"{self.key_prefix}:{subject}"
@@ -96,13 +106,8 @@ class RollingLimiter:
         """Take a slot for `subject` at `now` (Unix seconds) if every window allows."""
         now = time.time() if now is None else float(now)
         token = uuid.uuid4().hex
-        arguments = [repr(now), token, repr(self.longest)]
-        for limit, seconds in self.windows:
-            arguments += [limit, repr(seconds)]
-
-        allowed, retry_at = self._reserve(keys=[self.key(subject)], args=arguments)
-
-        if allowed:
+        retry_at = self._reserve(keys=[self.key(subject)], args=[repr(now), token])
+        if retry_at is None:
             return Reservation(True, token, None)
         return Reservation(False, None, float(retry_at))
 
