@@ -15,7 +15,6 @@ from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import insert, or_, update
-from sqlalchemy.orm import joinedload
 
 from . import actions, events, metrics, notify, queue
 from .extensions import db
@@ -87,17 +86,31 @@ def dispatch_event(event_id, claim=False):
     return dispatch_events([event_id], claim=claim)
 
 
-def dispatch_waiting(limit, claim=True):
-    """Dispatch up to `limit` events not yet dispatched, oldest first.
+def dispatch_events(event_ids, claim=False):
+    """Create the deliveries of events once, and return their ids in event and step order."""
+    firsts, _ = _dispatch(Event.id.in_(event_ids), claim)
+    return [first.delivery_id for first in firsts]
 
-    Returns (delivery ids in order, number of events read). An event that another
-    worker claims first is skipped.
+
+def claim_event(event_id):
+    """Create an event's deliveries under a lease; return their first attempts to send."""
+    firsts, _ = _dispatch(Event.id == event_id, claim=True)
+    return firsts
+
+
+def claim_waiting(limit):
+    """Claim up to `limit` events not yet dispatched, oldest first, as claim_event does.
+
+    Returns (first attempts in event and step order, number of events claimed).
+    An event that another worker claims first is skipped.
     """
-    event_ids = waiting_event_ids(limit)
-    if not event_ids:
-        db.session.rollback()
-        return [], 0
-    return dispatch_events(event_ids, claim=claim), len(event_ids)
+    oldest = (
+        db.select(Event.id)
+        .where(Event.dispatched_at.is_(None), Event.occurred_at <= utcnow())
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    return _dispatch(Event.id.in_(oldest.scalar_subquery()), claim=True)
 
 
 def waiting_event_ids(limit):
@@ -110,33 +123,33 @@ def waiting_event_ids(limit):
     ).all()
 
 
-def dispatch_events(event_ids, claim=False):
-    """Create the deliveries of events once, and return their ids in event and step order.
+def _dispatch(condition, claim):
+    """Claim the events that fit `condition`, create their deliveries, and commit once.
 
-    Claiming the events with a conditional UPDATE makes a second dispatch (the
-    sweep racing a job) a no-op. One commit covers the claim and the deliveries.
+    Claiming with a conditional UPDATE makes a second dispatch (the sweep racing
+    a job) a no-op, and its RETURNING reads the events in the same statement.
+    The first attempts' requests are built before the commit expires the rows,
+    so sending them needs no further query. Returns (first attempts, number of
+    events claimed).
     """
     now = utcnow()
     lease = timedelta(seconds=current_app.config["DELIVERY_LEASE_SECONDS"])
-    claimed = (
-        db.session.execute(
-            update(Event)
-            .where(Event.id.in_(event_ids), Event.dispatched_at.is_(None))
-            .values(dispatched_at=now)
-            .returning(Event.id)
-        )
-        .scalars()
-        .all()
-    )
+    claimed = db.session.scalars(
+        update(Event)
+        .where(condition, Event.dispatched_at.is_(None))
+        .values(dispatched_at=now)
+        .returning(Event),
+        execution_options={"synchronize_session": False},
+    ).all()
     if not claimed:
         db.session.rollback()
-        return []
+        return [], 0
+    claimed.sort(key=lambda event: event.id)
 
     rows = []
+    firsts = []
     candidates = {}
-    for event in db.session.scalars(
-        db.select(Event).where(Event.id.in_(claimed)).order_by(Event.id)
-    ):
+    for event in claimed:
         trigger = (event.account_id, event.model, event.action)
         if trigger not in candidates:
             candidates[trigger] = events.triggered_automations(*trigger)
@@ -145,9 +158,10 @@ def dispatch_events(event_ids, claim=False):
             for action in automation.actions:
                 if action.removed_at is not None:
                     continue
+                delivery_id = new_delivery_id()
                 rows.append(
                     {
-                        "id": new_delivery_id(),
+                        "id": delivery_id,
                         "account_id": event.account_id,
                         "event_id": event.id,
                         "action_id": action.id,
@@ -158,16 +172,23 @@ def dispatch_events(event_ids, claim=False):
                         "created_at": now,
                     }
                 )
+                request = None
+                if action.kind == "call_api":
+                    payload = build_payload(automation, event)
+                    request = build_request(action, delivery_id, payload)
+                firsts.append(
+                    _FirstAttempt(delivery_id, automation.id, event.account_id, 1, request)
+                )
     if rows:
         db.session.execute(insert(Delivery), rows)
     db.session.commit()
 
     log.info(
         "events %s dispatched to %d deliveries",
-        notify.describe_ids(claimed, limit=10),
+        notify.describe_ids([event.id for event in claimed], limit=10),
         len(rows),
     )
-    return [row["id"] for row in rows]
+    return firsts, len(claimed)
 
 
 def claim(delivery_id, now):
@@ -246,8 +267,8 @@ class _FirstAttempt:
     request: object  # a WebhookRequest, or None for a step that takes the ORM path
 
 
-def send_claimed(delivery_ids, sender, budget_seconds):
-    """Send the first attempt of deliveries this job holds, in order, and record each.
+def send_claimed(firsts, sender, budget_seconds):
+    """Send the first attempts that claim_event or claim_waiting returned, in order.
 
     Attempts that succeed are written in bulk, a group at a time. Any other
     outcome, and the Send email and Create task steps, take the same path as a
@@ -256,7 +277,6 @@ def send_claimed(delivery_ids, sender, budget_seconds):
     holds back a few deliveries at most.
     """
     started = time.monotonic()
-    firsts = _load_first_attempts(delivery_ids)
     group = _SuccessGroup()
     for index, first in enumerate(firsts):
         if time.monotonic() - started > budget_seconds:
@@ -280,41 +300,6 @@ def send_claimed(delivery_ids, sender, budget_seconds):
         metrics.record_attempt(outcome.kind, outcome.duration_ms / 1000)
         _after_commit(delivery, outcome)
     group.write()
-
-
-def _load_first_attempts(delivery_ids):
-    rows = db.session.scalars(
-        db.select(Delivery)
-        .where(Delivery.id.in_(delivery_ids))
-        .options(
-            joinedload(Delivery.action),
-            joinedload(Delivery.automation),
-            joinedload(Delivery.event),
-        )
-    ).all()
-    by_id = {row.id: row for row in rows}
-    firsts = []
-    for delivery_id in delivery_ids:
-        delivery = by_id[delivery_id]
-        automation = delivery.automation
-        request = None
-        if (
-            delivery.action.kind == "call_api"
-            and automation.active
-            and automation.deleted_at is None
-        ):
-            payload = build_payload(automation, delivery.event)
-            request = build_request(delivery.action, delivery.id, payload)
-        firsts.append(
-            _FirstAttempt(
-                delivery.id,
-                automation.id,
-                delivery.account_id,
-                delivery.attempt_count + 1,
-                request,
-            )
-        )
-    return firsts
 
 
 class _SuccessGroup:

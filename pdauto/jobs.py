@@ -35,7 +35,7 @@ def dispatch_waiting():
     queue.clear_dispatch_flag()
     batch = current_app.config["DISPATCH_BATCH_EVENTS"]
     try:
-        delivery_ids, event_count = deliveries.dispatch_waiting(batch)
+        firsts, event_count = deliveries.claim_waiting(batch)
     except Exception:
         # One event that cannot be dispatched must not hold back the batch, so
         # each event gets a job of its own, and only that event's job fails.
@@ -45,30 +45,30 @@ def dispatch_waiting():
         return 0
     if event_count == batch:
         queue.request_dispatch()
-    _send_first_attempts(delivery_ids)
-    return len(delivery_ids)
+    _send_first_attempts(firsts)
+    return len(firsts)
 
 
 def dispatch_event(event_id):
     """Create one event's deliveries and send their first attempts, in order."""
-    delivery_ids = deliveries.dispatch_event(event_id, claim=True)
-    _send_first_attempts(delivery_ids)
-    return len(delivery_ids)
+    firsts = deliveries.claim_event(event_id)
+    _send_first_attempts(firsts)
+    return len(firsts)
 
 
-def _send_first_attempts(delivery_ids):
+def _send_first_attempts(firsts):
     """Send first attempts in this job, which saves RQ's cost of a job per delivery.
 
     The successes are written in bulk. A delivery left over when the time budget
     is spent gets a job of its own.
     """
-    if not delivery_ids:
+    if not firsts:
         return
     config = current_app.config
     # The budget stays well inside the lease, so no sweep takes a delivery back
     # while this job may still send it.
     budget = min(config["DISPATCH_SEND_BUDGET_SECONDS"], config["DELIVERY_LEASE_SECONDS"] / 3)
-    deliveries.send_claimed(delivery_ids, get_sender(), budget)
+    deliveries.send_claimed(firsts, get_sender(), budget)
 
 
 def deliver(delivery_id):

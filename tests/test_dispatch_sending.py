@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from pdauto import crm, deliveries, jobs, queue
+from pdauto import crm, deliveries, events, jobs, queue
 from pdauto.extensions import db
 from pdauto.models import Attempt, Automation, Delivery, Event, utcnow
 from tests.conftest import run_jobs
@@ -187,14 +187,14 @@ def test_failing_batch_falls_back_per_event(app, users, receiver, monkeypatch):
         event_ids = [deal_event(account_id) for _ in range(3)]
         queue.get_redis().flushdb()
     poison = event_ids[1]
-    dispatch_events = deliveries.dispatch_events
+    matching = events.matching
 
-    def dispatch_or_raise(ids, claim=False):
-        if poison in ids:
+    def matching_or_raise(automations, event):
+        if event.id == poison:
             raise RuntimeError("cannot dispatch this event")
-        return dispatch_events(ids, claim=claim)
+        return matching(automations, event)
 
-    monkeypatch.setattr(deliveries, "dispatch_events", dispatch_or_raise)
+    monkeypatch.setattr(events, "matching", matching_or_raise)
     with app.app_context():
         assert jobs.dispatch_waiting() == 0
     assert queued_job_count(app) == 3
