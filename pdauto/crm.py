@@ -6,8 +6,12 @@ from .models import RECORD_CLASSES
 
 
 def _commit_and_dispatch(event):
+    # The id is read before the commit, which expires the event, so reading it
+    # afterwards would cost a SELECT.
+    db.session.flush()
+    event_id = event.id
     db.session.commit()
-    queue.enqueue_dispatch(event.id)
+    queue.enqueue_dispatch(event_id)
 
 
 def create_record(model, account_id, fields):
