@@ -42,8 +42,12 @@ def fields_for(model):
     return RECORD_CLASSES[model].tracked_fields
 
 
-def validate_conditions(model, conditions):
-    """Return `conditions` cleaned up, or raise InvalidConditions naming the first problem."""
+def validate_conditions(model, conditions, action="updated"):
+    """Return `conditions` cleaned up, or raise InvalidConditions naming the first problem.
+
+    `action` is the trigger's (created, updated or deleted): only an update has
+    changes, so the change operators are rejected for the other two.
+    """
     if not isinstance(conditions, list):
         raise InvalidConditions("Conditions must be a list.")
     if len(conditions) > MAX_CONDITIONS:
@@ -64,6 +68,11 @@ def validate_conditions(model, conditions):
         if operator not in OPERATORS:
             raise InvalidConditions(
                 f"Condition {number}: choose an operator: {', '.join(OPERATORS)}."
+            )
+        if operator in CHANGE_OPERATORS and action != "updated":
+            raise InvalidConditions(
+                f'Condition {number}: "{OPERATORS[operator]}" applies only to updates, and'
+                f" this automation runs when a {model} is {action}."
             )
         if operator in ("greater_than", "less_than") and _number(value) is None:
             raise InvalidConditions(f"Condition {number}: enter a number to compare with.")

@@ -5,7 +5,7 @@ import pytest
 from pdauto import automations, crm
 from pdauto.conditions import InvalidConditions, conditions_match, validate_conditions
 from pdauto.extensions import db
-from pdauto.models import Event
+from pdauto.models import Automation, Event
 from tests.conftest import run_jobs
 from tests.factories import make_automation
 
@@ -127,6 +127,37 @@ def test_all_conditions_must_hold(app, model_events):
 def test_invalid_conditions_named(conditions, message):
     with pytest.raises(InvalidConditions, match=message):
         validate_conditions("deal", conditions)
+
+
+@pytest.mark.parametrize("action", ["created", "deleted"])
+@pytest.mark.parametrize("operator", ["changed", "changed_from", "changed_to"])
+def test_change_condition_rejected_without_update(action, operator):
+    condition = {"field": "status", "op": operator, "value": "won"}
+
+    with pytest.raises(InvalidConditions, match=f"applies only to updates.*deal is {action}"):
+        validate_conditions("deal", [condition], action)
+
+
+def test_builder_rejects_change_condition_on_created(app, users, manager_client):
+    response = manager_client.post(
+        "/automations/new",
+        data={
+            "name": "Deal won at once",
+            "event_model": "deal",
+            "event_action": "created",
+            "url": "https://hooks.example.test/in",
+            "failure_email": "ops@example.com",
+            "content_type": "application/json",
+            "condition_field": "status",
+            "condition_op": "changed_to",
+            "condition_value": "won",
+        },
+    )
+
+    assert response.status_code == 422
+    assert "applies only to updates" in response.text
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count(Automation.id))) == 0
 
 
 def test_validate_cleans_values():
