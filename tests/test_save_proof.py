@@ -133,3 +133,42 @@ def test_rep_cannot_save(app, users):
 
     assert response.status_code == 403
     assert automation_count(app) == 0
+
+
+def save_button(html):
+    start = html.index('id="save-button"')
+    return html[start : html.index(">", start)]
+
+
+def test_invalid_form_keeps_valid_proof(app, users, manager_client):
+    """A 422 for a field other than the request settings keeps Save enabled."""
+    proof = proof_for(app, users["manager"][2])
+
+    response = manager_client.post("/automations/new", data=form_data(name="", test_proof=proof))
+
+    assert response.status_code == 422
+    assert "disabled" not in save_button(response.text)
+    assert f'value="{proof}"' in response.text
+    assert "answered 2xx in your last test" in response.text
+    assert automation_count(app) == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"url": "https://hooks.example.test/other"},
+        {"content_type": "application/x-www-form-urlencoded"},
+        {"custom_headers": "X-Team: sales"},
+        {"url": "not a url"},
+        {"test_proof": "forged"},
+    ],
+)
+def test_invalid_form_with_stale_proof_disables_save(app, users, manager_client, overrides):
+    data = form_data(name="", test_proof=proof_for(app, users["manager"][2]))
+    data.update(overrides)
+
+    response = manager_client.post("/automations/new", data=data)
+
+    assert response.status_code == 422
+    assert "disabled" in save_button(response.text)
+    assert "answered 2xx in your last test" not in response.text

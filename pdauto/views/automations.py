@@ -67,6 +67,7 @@ def _step_helpers():
 
 def _render_builder(form, automation=None, status=200, conditions=None, steps=()):
     action = domain.call_api_action(automation) if automation else None
+    tested = request.method == "POST" and _proof_still_valid(form, action)
     if conditions is None:
         # Invalid rows come back as the user typed them, next to the message.
         conditions = _typed_conditions()
@@ -85,7 +86,28 @@ def _render_builder(form, automation=None, status=200, conditions=None, steps=()
         new_steps={kind: blank_step(kind) for kind in domain.STEP_KINDS},
         step_titles=actions.ACTION_TITLES,
         assignees=_active_users(),
+        tested=tested,
     )
+
+
+def _proof_still_valid(form, action):
+    """Return whether the submitted test proof still fits the form's request settings.
+
+    A form sent back with errors keeps its proof in a hidden field, so Save
+    stays enabled when the fix touches no request setting.
+    """
+    if not form.test_proof.data:
+        return False
+    if form.url.errors or form.content_type.errors or form.custom_headers.errors:
+        return False
+    url = domain.resolve_url(form.url.data, action)
+    headers = getattr(form.custom_headers, "parsed", {})
+    fingerprint = proofs.request_fingerprint(url, form.content_type.data, headers)
+    try:
+        proofs.check_proof(form.test_proof.data, current_user.account_id, fingerprint)
+    except proofs.InvalidProof:
+        return False
+    return True
 
 
 def _active_users():
@@ -111,7 +133,9 @@ def _conditions_from_request(form):
     if request.method != "POST":
         return []
     try:
-        return validate_conditions(form.event_model.data, _typed_conditions())
+        return validate_conditions(
+            form.event_model.data, _typed_conditions(), form.event_action.data
+        )
     except InvalidConditions as error:
         form.conditions_error = str(error)
         return None

@@ -211,6 +211,26 @@ def test_save_after_successful_test(builder, receiver, app, live_server):
     expect(builder).to_have_url(live_server.url(f"/automations/{automation.id}"))
 
 
+def test_save_after_invalid_form_needs_no_new_test(builder, browser_errors, receiver, app):
+    """A form sent back for a missing name keeps the passed test, so Save stays enabled."""
+    browser_errors.allow_status(422, "/automations/new")
+    fill_builder(builder, receiver.url("/hooks"), name="")
+    run_test_button(builder).click()
+    expect(save_button(builder)).to_be_enabled()
+    save_button(builder).click()
+    expect(builder.locator("#save-hint")).to_contain_text("answered 2xx in your last test")
+    requests_before = len(receiver.requests)
+
+    builder.get_by_label("Name").fill("Named after the error")
+    expect(save_button(builder)).to_be_enabled()
+    save_button(builder).click()
+
+    expect(builder.get_by_role("heading", name="Named after the error")).to_be_visible()
+    assert len(receiver.requests) == requests_before
+    with app.app_context():
+        assert db.session.scalar(db.select(Automation.name)) == "Named after the error"
+
+
 def test_url_with_fragment_enables_save(builder, receiver):
     # The app stores the URL without its fragment, and a test of the typed text enables Save.
     fill_builder(builder, "  " + receiver.url("/hooks") + "#part  ")
