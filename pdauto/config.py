@@ -95,4 +95,7 @@ def load_settings():
         "PDAUTO_LOG_LEVEL": os.environ.get("PDAUTO_LOG_LEVEL", "INFO"),
         # "text" or "json" (one JSON object per line).
         "PDAUTO_LOG_FORMAT": os.environ.get("PDAUTO_LOG_FORMAT", "text"),
+        # The admins of this account reach the RQ dashboard, which shows the jobs of
+        # every account. Unset, the account created first operates the installation.
+        "PDAUTO_OPERATOR_ACCOUNT_ID": _int("PDAUTO_OPERATOR_ACCOUNT_ID", None),
     }

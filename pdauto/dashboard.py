@@ -1,11 +1,11 @@
-"""The RQ dashboard, mounted at /rq for admins only."""
+"""The RQ dashboard, mounted at /rq for the admins of the operator account only."""
 
 import logging
 from urllib.parse import urlsplit
 
 import redis
 import rq_dashboard
-from flask import abort, request
+from flask import abort, current_app, g, request
 from flask_login import current_user
 from rq.exceptions import NoSuchJobError
 
@@ -62,6 +62,15 @@ def guard_dashboard():
         return login_manager.unauthorized()
     if not current_user.is_admin:
         abort(403)
+    if not current_user.can_see_queues:
+        from .views.errors import render_error
+
+        return render_error(
+            403,
+            "Queues are for the operator",
+            "The queues hold the jobs of every account on this installation, so only the"
+            " admins of the account that operates it can open them.",
+        )
     if request.method not in ("GET", "HEAD"):
         if not _same_origin():
             abort(403)
@@ -70,6 +79,23 @@ def guard_dashboard():
         # side effect that a link could trigger.
         abort(405)
     return None
+
+
+def operator_account_id():
+    """Return the id of the account whose admins may open the dashboard.
+
+    PDAUTO_OPERATOR_ACCOUNT_ID names it; unset, it is the account created first.
+    The id is cached for the current request.
+    """
+    configured = current_app.config.get("PDAUTO_OPERATOR_ACCOUNT_ID")
+    if configured is not None:
+        return configured
+    if "pdauto_operator_account_id" not in g:
+        from .extensions import db
+        from .models import Account
+
+        g.pdauto_operator_account_id = db.session.scalar(db.select(db.func.min(Account.id)))
+    return g.pdauto_operator_account_id
 
 
 def _same_origin():

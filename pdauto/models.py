@@ -64,6 +64,13 @@ class User(UserMixin, db.Model):
         return self.role == "admin"
 
     @property
+    def can_see_queues(self):
+        """Return whether this user may open the RQ dashboard, which shows every account's jobs."""
+        from .dashboard import operator_account_id
+
+        return self.is_admin and self.account_id == operator_account_id()
+
+    @property
     def can_manage_automations(self):
         return self.role in ("admin", "manager")
 

@@ -1,4 +1,5 @@
-"""The RQ dashboard at /rq: admins only, and no side effect reachable by a link."""
+"""The RQ dashboard at /rq: the operator account's admins only, and no side
+effect reachable by a link."""
 
 from tests.conftest import login
 
@@ -58,3 +59,42 @@ def test_missing_job_is_404(app, users):
 
     assert response.status_code == 404
     assert "Job not found" in response.text
+
+
+def admin_of_second_account(app):
+    from tests.conftest import make_user
+
+    with app.app_context():
+        user = make_user("admin", account_name="Globex")
+        return user.email, user.account_id
+
+
+def test_admin_of_second_account_gets_403(app, users):
+    """The queues show every account's jobs, so only the operator account's admins see them."""
+    email, _ = admin_of_second_account(app)
+    client = app.test_client()
+    login(client, email)
+
+    page = client.get("/rq/")
+    data = client.get("/rq/0/data/queues.json")
+    home = client.get("/")
+
+    assert page.status_code == 403
+    assert "Queues are for the operator" in page.text
+    assert data.status_code == 403
+    assert 'href="/rq/"' not in home.text
+    assert "Users" in home.text
+
+
+def test_operator_account_setting_chooses_admins(app, users):
+    email, account_id = admin_of_second_account(app)
+    app.config["PDAUTO_OPERATOR_ACCOUNT_ID"] = account_id
+    second = app.test_client()
+    login(second, email)
+    first = app.test_client()
+    login(first, users["admin"][1])
+
+    assert second.get("/rq/").status_code == 200
+    assert 'href="/rq/"' in second.get("/").text
+    assert first.get("/rq/").status_code == 403
+    assert 'href="/rq/"' not in first.get("/").text
