@@ -19,7 +19,7 @@ from ..forms import (
     steps_from_formdata,
 )
 from ..health import health_by_automation
-from ..models import EVENT_MODELS, Attempt, Automation, User, new_signing_secret
+from ..models import EVENT_MODELS, Attempt, Automation, Delivery, User, new_signing_secret
 from ..webhooks import AddressPolicy, Sender, WebhookRequest, mask_url
 from .common import render, roles_required
 
@@ -397,10 +397,21 @@ def _count(number, one, many):
     return f"{number} {one if number == 1 else many}"
 
 
-@bp.route("/<int:automation_id>/delete", methods=["POST"])
+@bp.route("/<int:automation_id>/delete", methods=["GET", "POST"])
 @roles_required(*MANAGERS)
 def delete_automation(automation_id):
+    """Show a confirmation page with the count of unsent deliveries on GET, delete on POST."""
     automation = _get_automation_or_404(automation_id)
+    if request.method == "GET":
+        unsent_count = db.session.scalar(
+            db.select(db.func.count())
+            .select_from(Delivery)
+            .where(
+                Delivery.automation_id == automation.id,
+                Delivery.state.in_(("pending", "sending")),
+            )
+        )
+        return render("automations/delete.html", automation=automation, unsent_count=unsent_count)
     domain.delete(automation)
     flash(f"Deleted {automation.name}. Its delivery log stays readable.", "success")
     return redirect(url_for("automations.list_automations"))

@@ -1,12 +1,12 @@
 """People, companies and deals: list, add, edit, delete."""
 
-from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from .. import crm
+from .. import crm, events
 from ..extensions import db
 from ..forms import RECORD_FORMS
-from ..models import RECORD_CLASSES
+from ..models import RECORD_CLASSES, Event
 
 bp = Blueprint("records", __name__)
 
@@ -91,12 +91,40 @@ def edit_record(collection, record_id):
     )
 
 
-@bp.route("/<collection>/<int:record_id>/delete", methods=["POST"])
+@bp.route("/<collection>/<int:record_id>/delete", methods=["GET", "POST"])
 @login_required
 def delete_record(collection, record_id):
+    """Show a confirmation page on GET, and delete the record on POST."""
     model = _model_for(collection)
     record = _get_or_404(model, record_id)
+    if request.method == "GET":
+        return render_template(
+            "records/delete.html",
+            collection=collection,
+            model=model,
+            record=record,
+            automation_count=len(_automations_run_by_delete(model, record)),
+        )
     name = record.display_name
     crm.delete_record(record)
     flash(f"Deleted {name}.", "success")
     return redirect(url_for("records.list_records", collection=collection))
+
+
+def _automations_run_by_delete(model, record):
+    """Return the active automations that deleting `record` now would run.
+
+    The trigger and the conditions are checked against an unsaved copy of the
+    event that crm.delete_record writes, so the count matches the dispatcher's.
+    """
+    before = events.snapshot(record)
+    event = Event(
+        account_id=record.account_id,
+        model=model,
+        action="deleted",
+        record_id=record.id,
+        changes=events.diff(before, {}),
+        record=before,
+    )
+    triggered = events.triggered_automations(current_user.account_id, model, "deleted")
+    return events.matching(triggered, event)
