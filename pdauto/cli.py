@@ -90,7 +90,7 @@ def create_user(email, password, account_name, role, if_missing):
 @click.option("--name", default=None, help="Worker name shown on the RQ dashboard.")
 def worker(burst, no_sweep, name):
     """Run an RQ worker with its scheduler, inside the app context."""
-    from .worker import SweepThread, make_worker
+    from .worker import DispatchListener, SweepThread, make_worker
 
     # pdauto's own records go through the handler that create_app set up; this
     # adds one for RQ's records and anything else that reaches the root logger.
@@ -105,11 +105,19 @@ def worker(burst, no_sweep, name):
     if not no_sweep and not burst:
         sweep_thread = SweepThread(app)
         sweep_thread.start()
+    listener = None
+    if not burst:
+        listener = DispatchListener(app)
+        listener.start()
     try:
         make_worker(app, name=name).work(burst=burst, with_scheduler=True)
     finally:
         if sweep_thread is not None:
             sweep_thread.stop()
+        if listener is not None:
+            listener.stop()
+            # A batch being sent finishes within its budget, as RQ lets a job finish.
+            listener.join(timeout=app.config["DISPATCH_SEND_BUDGET_SECONDS"] + 2)
 
 
 @click.command("sweep")

@@ -12,27 +12,38 @@ log = logging.getLogger(__name__)
 
 def get_sender():
     """Return this process's webhook sender, which keeps connections open per host."""
-    from .webhooks import AddressPolicy, Sender
-
     app = current_app._get_current_object()
     sender = app.extensions.get("pdauto_sender")
     if sender is None:
-        sender = Sender(
-            AddressPolicy.from_strings(app.config["PDAUTO_ALLOWED_NETWORKS"]),
-            connect_timeout=app.config["DELIVERY_CONNECT_TIMEOUT_SECONDS"],
-            total_timeout=app.config["DELIVERY_TIMEOUT_SECONDS"],
-        )
+        sender = make_sender()
         app.extensions["pdauto_sender"] = sender
     return sender
 
 
-def dispatch_waiting():
-    """Dispatch the events waiting to be dispatched, a batch at a time, and send them.
+def make_sender():
+    """Return a new webhook sender with the app's address policy and timeouts."""
+    from .webhooks import AddressPolicy, Sender
 
-    When a batch is full, another job is queued first, so a second worker can
-    take the next batch while this one sends.
-    """
+    config = current_app.config
+    return Sender(
+        AddressPolicy.from_strings(config["PDAUTO_ALLOWED_NETWORKS"]),
+        connect_timeout=config["DELIVERY_CONNECT_TIMEOUT_SECONDS"],
+        total_timeout=config["DELIVERY_TIMEOUT_SECONDS"],
+    )
+
+
+def dispatch_waiting():
+    """Dispatch the events waiting to be dispatched, a batch at a time, and send them."""
     queue.clear_dispatch_flag()
+    return dispatch_batch(get_sender())
+
+
+def dispatch_batch(sender):
+    """Dispatch up to a batch of waiting events and send their first attempts.
+
+    When the batch is full, another dispatch is requested first, so a second
+    worker can take the next batch while this one sends.
+    """
     batch = current_app.config["DISPATCH_BATCH_EVENTS"]
     try:
         firsts, event_count = deliveries.claim_waiting(batch)
@@ -45,18 +56,18 @@ def dispatch_waiting():
         return 0
     if event_count == batch:
         queue.request_dispatch()
-    _send_first_attempts(firsts)
+    _send_first_attempts(firsts, sender)
     return len(firsts)
 
 
 def dispatch_event(event_id):
     """Create one event's deliveries and send their first attempts, in order."""
     firsts = deliveries.claim_event(event_id)
-    _send_first_attempts(firsts)
+    _send_first_attempts(firsts, get_sender())
     return len(firsts)
 
 
-def _send_first_attempts(firsts):
+def _send_first_attempts(firsts, sender):
     """Send first attempts in this job, which saves RQ's cost of a job per delivery.
 
     The successes are written in bulk. A delivery left over when the time budget
@@ -68,7 +79,7 @@ def _send_first_attempts(firsts):
     # The budget stays well inside the lease, so no sweep takes a delivery back
     # while this job may still send it.
     budget = min(config["DISPATCH_SEND_BUDGET_SECONDS"], config["DELIVERY_LEASE_SECONDS"] / 3)
-    deliveries.send_claimed(firsts, get_sender(), budget)
+    deliveries.send_claimed(firsts, sender, budget)
 
 
 def deliver(delivery_id):

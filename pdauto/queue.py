@@ -43,6 +43,8 @@ def redis_key(*parts):
 
 # How long the flag that a dispatch job is queued may live without the job clearing it.
 DISPATCH_FLAG_SECONDS = 30
+# A dispatch listener renews its mark at least once per wait, which is shorter.
+DISPATCH_LISTENER_SECONDS = 3
 
 
 def get_queue(name):
@@ -154,14 +156,15 @@ def enqueue_dispatch(event_id):
 
 
 def enqueue_dispatches(event_ids):
-    """Make sure a dispatch job will read committed events, and return 1 if one was queued.
+    """Make sure committed events will be dispatched, and return 1 if a job was queued.
 
-    One job dispatches every waiting event in batches, so a burst of changes
-    costs a few jobs, not one each. A flag in Redis marks that such a job is
-    queued. The job clears it before it reads the events, so an event committed
-    before the flag was seen is read by that job. The flag expires, so a job
-    lost with its flag still set delays events only until the flag expires and
-    the next commit or sweep queues a job.
+    A dispatch listener, when one runs, is woken and reads them at once.
+    Otherwise one job dispatches every waiting event in batches, so a burst of
+    changes costs a few jobs, not one each. A flag in Redis marks that such a
+    job is queued. The job clears it before it reads the events, so an event
+    committed before the flag was seen is read by that job. The flag expires,
+    so a job lost with its flag still set delays events only until the flag
+    expires and the next commit or sweep queues a job.
     """
     if not event_ids:
         return 0
@@ -169,11 +172,24 @@ def enqueue_dispatches(event_ids):
 
 
 def request_dispatch():
-    """Queue a dispatch job unless one is queued already; return 1 if this call queued it."""
+    """Wake a dispatch listener, or else queue a dispatch job unless one is queued.
+
+    Returns 1 if this call queued a job. A listener (pdauto.worker.DispatchListener)
+    dispatches at once, without RQ's enqueue and per-job costs. The wake is one
+    entry in a list, so many commits before a listener reads it cost one read.
+    """
     from . import jobs
 
     try:
-        if not get_redis().set(_dispatch_flag_key(), 1, nx=True, ex=DISPATCH_FLAG_SECONDS):
+        client = get_redis()
+        with client.pipeline(transaction=False) as pipeline:
+            pipeline.exists(_listening_key())
+            pipeline.lpush(_wake_key(), 1)
+            pipeline.ltrim(_wake_key(), 0, 0)
+            listening = pipeline.execute()[0]
+        if listening:
+            return 0
+        if not client.set(_dispatch_flag_key(), 1, nx=True, ex=DISPATCH_FLAG_SECONDS):
             return 0
         _enqueue("deliveries", jobs.dispatch_waiting, result_ttl=0)
     except redis.RedisError as error:
@@ -184,6 +200,23 @@ def request_dispatch():
     return 1
 
 
+def wait_for_dispatch_wake(timeout):
+    """Mark a listener as running, then wait up to `timeout` seconds for a wake.
+
+    Returns whether a commit woke it. The mark expires after DISPATCH_LISTENER_SECONDS,
+    so commits queue dispatch jobs again soon after the last listener stops.
+    """
+    with get_redis().pipeline(transaction=False) as pipeline:
+        pipeline.set(_listening_key(), 1, ex=DISPATCH_LISTENER_SECONDS)
+        pipeline.blpop([_wake_key()], timeout=timeout)
+        return pipeline.execute()[1] is not None
+
+
+def stop_listening():
+    """Let commits queue dispatch jobs at once, as no listener may be left."""
+    get_redis().delete(_listening_key())
+
+
 def clear_dispatch_flag():
     """Let the next commit queue a dispatch job; call before reading the waiting events."""
     get_redis().delete(_dispatch_flag_key())
@@ -191,6 +224,14 @@ def clear_dispatch_flag():
 
 def _dispatch_flag_key():
     return f"{current_app.config['PDAUTO_REDIS_PREFIX']}:dispatch-queued"
+
+
+def _wake_key():
+    return f"{current_app.config['PDAUTO_REDIS_PREFIX']}:dispatch-wake"
+
+
+def _listening_key():
+    return f"{current_app.config['PDAUTO_REDIS_PREFIX']}:dispatch-listening"
 
 
 def enqueue_event_dispatches(event_ids):
