@@ -109,15 +109,23 @@ def worker(burst, no_sweep, name):
     if not burst:
         listener = DispatchListener(app)
         listener.start()
+    rq_worker = make_worker(app, name=name)
+    rq_worker.listener = listener
     try:
-        make_worker(app, name=name).work(burst=burst, with_scheduler=True)
+        rq_worker.work(burst=burst, with_scheduler=True)
     finally:
         if sweep_thread is not None:
             sweep_thread.stop()
         if listener is not None:
             listener.stop()
-            # A batch being sent finishes within its budget, as RQ lets a job finish.
-            listener.join(timeout=app.config["DISPATCH_SEND_BUDGET_SECONDS"] + 2)
+            # The batch in hand stops sending once its budget is spent, and the last
+            # request then ends within its own timeout.
+            config = app.config
+            listener.join(
+                timeout=config["DISPATCH_SEND_BUDGET_SECONDS"]
+                + config["DELIVERY_TIMEOUT_SECONDS"]
+                + 15
+            )
 
 
 @click.command("sweep")

@@ -19,6 +19,14 @@ class AppWorker(SimpleWorker):
     """
 
     app = None
+    # The DispatchListener of this process, stopped with the worker.
+    listener = None
+
+    def request_stop(self, signum, frame):
+        """Stop the dispatch listener with RQ's loop, so both finish their work in hand."""
+        if self.listener is not None:
+            self.listener.stop()
+        super().request_stop(signum, frame)
 
     def unsubscribe(self):
         """Stop the pubsub thread, then unsubscribe as RQ does.
@@ -110,6 +118,10 @@ class DispatchListener(threading.Thread):
     # Seconds of each wait, so stop() takes effect within about this long.
     WAIT_SECONDS = 1
 
+    # NOTE: unlike an RQ job, a batch here has no hard timeout. RQ raises the
+    # socket timeout of the Redis client it shares with the app, so a Redis call
+    # that hangs could hold a batch past its deliveries' lease.
+
     def __init__(self, app):
         super().__init__(name="pdauto-dispatch", daemon=True)
         self.app = app
@@ -135,6 +147,8 @@ class DispatchListener(threading.Thread):
                 redis_failing = False
                 if not woken:
                     continue
+                if self.stopped.is_set():
+                    break
                 try:
                     jobs.dispatch_batch(sender)
                 except Exception:
@@ -144,9 +158,12 @@ class DispatchListener(threading.Thread):
                 finally:
                     db.session.remove()
             try:
+                # Commits may have woken this listener after its last batch: a dispatch
+                # job, or another listener, reads their events.
                 queue.stop_listening()
+                queue.request_dispatch()
             except redis.RedisError as error:
-                log.warning("dispatch listener could not clear its mark: %s", error)
+                log.warning("dispatch listener could not hand over on stopping: %s", error)
 
     def stop(self):
         self.stopped.set()

@@ -4,14 +4,17 @@ Redis, the database and the webhook receiver are real. The listener runs as a
 thread of the test process, as it does in each worker process.
 """
 
+import signal
 import time
 
 import pytest
+from rq.exceptions import StopRequested
 
-from pdauto import crm, queue
+from pdauto import crm, deliveries, queue
 from pdauto.extensions import db
 from pdauto.models import Attempt, Delivery
-from pdauto.worker import DispatchListener
+from pdauto.worker import DispatchListener, make_worker
+from tests.conftest import run_jobs
 from tests.factories import make_automation
 
 
@@ -86,12 +89,72 @@ def test_full_batch_wakes_listener_again(app, users, receiver, listener, monkeyp
         assert db.session.scalar(db.select(db.func.count(Delivery.id))) == 7
 
 
-def test_stopped_listener_leaves_commits_to_jobs(app, users, receiver, listener):
+def test_stopping_listener_hands_over_to_job(app, users, receiver, listener):
+    """A listener that stops queues a dispatch job, and later commits queue jobs again."""
     listener.stop()
     listener.join(timeout=5)
 
     assert not listener.is_alive()
-    with app.app_context():
-        assert not queue.get_redis().exists(queue._listening_key())
-        assert queue.request_dispatch() == 1
     assert queued_job_count(app) == 1
+    with app.app_context():
+        redis_client = queue.get_redis()
+        assert not redis_client.exists(queue._listening_key())
+        redis_client.delete(queue._dispatch_flag_key())
+        assert queue.request_dispatch() == 1
+    assert queued_job_count(app) == 2
+
+
+def test_woken_after_stop_leaves_batch_to_job(app, users, receiver, listener):
+    """A wake that arrives once stop() was called is handed to a dispatch job, not sent."""
+    account_id = users["manager"][2]
+    listener.stop()
+    with app.app_context():
+        make_automation(account_id, receiver.url("/hook"))
+        crm.create_record("deal", account_id, {"name": "Late deal", "value": 1})
+    listener.join(timeout=5)
+
+    assert not listener.is_alive()
+    assert receiver.requests == []
+    assert queued_job_count(app) >= 1
+    run_jobs(app)
+    assert len(receiver.wait_for_requests(1)) == 1
+
+
+def test_short_batch_with_waiting_events_wakes_again(app, users, receiver, listener, monkeypatch):
+    """A batch left short by a concurrent claim still leads to the waiting events' dispatch."""
+    account_id = users["manager"][2]
+    claim_waiting = deliveries.claim_waiting
+    calls = []
+
+    def claim_one_first(limit):
+        # The first call acts as if another worker had claimed all but one event.
+        calls.append(limit)
+        return claim_waiting(1 if len(calls) == 1 else limit)
+
+    with app.app_context():
+        make_automation(account_id, receiver.url("/hook"))
+        monkeypatch.setattr(queue, "enqueue_dispatch", lambda event_id: None)
+        for number in range(3):
+            crm.create_record("deal", account_id, {"name": f"Deal {number}", "value": 10})
+        monkeypatch.setattr(deliveries, "claim_waiting", claim_one_first)
+        assert queue.request_dispatch() == 0
+
+    assert len(receiver.wait_for_requests(3)) == 3
+    assert len(calls) >= 2
+    assert queued_job_count(app) == 0
+
+
+def test_worker_stop_request_stops_listener(app, listener):
+    worker = make_worker(app)
+    worker.listener = listener
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # An idle RQ worker leaves its loop by raising StopRequested.
+        with pytest.raises(StopRequested):
+            worker.request_stop(signal.SIGTERM, None)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+    listener.join(timeout=5)
+    assert not listener.is_alive()
