@@ -104,11 +104,15 @@ def claim_waiting(limit):
     Returns (first attempts in event and step order, number of events claimed).
     An event that another worker claims first is skipped.
     """
+    # On PostgreSQL, SKIP LOCKED lets a second worker take the next events rather
+    # than wait for the first worker's claim and then find its batch short.
+    # SQLite writes one at a time and renders no FOR UPDATE.
     oldest = (
         db.select(Event.id)
         .where(Event.dispatched_at.is_(None), Event.occurred_at <= utcnow())
         .order_by(Event.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return _dispatch(Event.id.in_(oldest.scalar_subquery()), claim=True)
 

@@ -57,10 +57,6 @@ def dispatch_batch(sender):
     if event_count == batch:
         queue.request_dispatch()
     _send_first_attempts(firsts, sender)
-    if event_count < batch and deliveries.waiting_event_ids(1):
-        # Another worker claimed part of what this batch read, or events arrived
-        # while it sent. On PostgreSQL a concurrent claim can leave this batch short.
-        queue.request_dispatch()
     return len(firsts)
 
 

@@ -9,10 +9,12 @@ import time
 
 import pytest
 from rq.exceptions import StopRequested
+from sqlalchemy import text, update
+from sqlalchemy.orm import Session
 
 from pdauto import crm, deliveries, queue
 from pdauto.extensions import db
-from pdauto.models import Attempt, Delivery
+from pdauto.models import Attempt, Delivery, Event, utcnow
 from pdauto.worker import DispatchListener, make_worker
 from tests.conftest import run_jobs
 from tests.factories import make_automation
@@ -120,28 +122,37 @@ def test_woken_after_stop_leaves_batch_to_job(app, users, receiver, listener):
     assert len(receiver.wait_for_requests(1)) == 1
 
 
-def test_short_batch_with_waiting_events_wakes_again(app, users, receiver, listener, monkeypatch):
-    """A batch left short by a concurrent claim still leads to the waiting events' dispatch."""
+def test_concurrent_claim_takes_next_events(app, users, monkeypatch):
+    """On PostgreSQL a claim skips the events that another, uncommitted claim holds."""
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        pytest.skip("SQLite runs one write transaction at a time")
     account_id = users["manager"][2]
-    claim_waiting = deliveries.claim_waiting
-    calls = []
-
-    def claim_one_first(limit):
-        # The first call acts as if another worker had claimed all but one event.
-        calls.append(limit)
-        return claim_waiting(1 if len(calls) == 1 else limit)
-
     with app.app_context():
-        make_automation(account_id, receiver.url("/hook"))
+        make_automation(account_id, "https://hooks.example.test/in")
         monkeypatch.setattr(queue, "enqueue_dispatch", lambda event_id: None)
-        for number in range(3):
+        for number in range(4):
             crm.create_record("deal", account_id, {"name": f"Deal {number}", "value": 10})
-        monkeypatch.setattr(deliveries, "claim_waiting", claim_one_first)
-        assert queue.request_dispatch() == 0
+        event_ids = sorted(db.session.scalars(db.select(Event.id)))
 
-    assert len(receiver.wait_for_requests(3)) == 3
-    assert len(calls) >= 2
-    assert queued_job_count(app) == 0
+        with Session(db.engine) as other:
+            oldest = db.select(Event.id).order_by(Event.id).limit(2).with_for_update()
+            other.execute(
+                update(Event)
+                .where(Event.id.in_(oldest.scalar_subquery()))
+                .values(dispatched_at=utcnow())
+            )
+            # Without SKIP LOCKED the claim below would wait for this transaction.
+            db.session.execute(text("SET lock_timeout = '2s'"))
+            firsts, claimed = deliveries.claim_waiting(2)
+            other.rollback()
+
+    assert claimed == 2
+    assert len(firsts) == 2
+    with app.app_context():
+        dispatched = db.session.scalars(
+            db.select(Event.id).where(Event.dispatched_at.is_not(None)).order_by(Event.id)
+        )
+        assert list(dispatched) == event_ids[2:]
 
 
 def test_worker_stop_request_stops_listener(app, listener):
