@@ -43,7 +43,8 @@ def redis_key(*parts):
 
 # How long the flag that a dispatch job is queued may live without the job clearing it.
 DISPATCH_FLAG_SECONDS = 30
-# A dispatch listener renews its mark at least once per wait, which is shorter.
+# How long the mark of a running dispatch listener lives. Each listener renews it
+# before every wait, and a wait is shorter than this.
 DISPATCH_LISTENER_SECONDS = 3
 
 
@@ -213,7 +214,7 @@ def wait_for_dispatch_wake(timeout):
 
 
 def stop_listening():
-    """Let commits queue dispatch jobs at once, as no listener may be left."""
+    """Delete the listeners' mark, so commits queue dispatch jobs until a listener renews it."""
     get_redis().delete(_listening_key())
 
 
